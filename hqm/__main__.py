@@ -1,0 +1,3 @@
+from hqm.cli import main
+
+main()

@@ -1,0 +1,189 @@
+"""The queue envelope: how a request and its response are stored, byte for byte.
+
+"Verbatim" means exactly this. A stored request keeps
+- the method and the raw request-target bytes as received (no normalisation,
+  no percent-decoding);
+- every header line in its original order, header names in their original case,
+  repeated headers repeated; values as h11 yields them, that is with surrounding
+  whitespace trimmed (obs-fold is refused by h11); h11 folds identical duplicate
+  Content-Length lines into one, and differing ones are refused;
+- the body bytes exactly. A chunked body is stored de-chunked (trailers dropped) and
+  is replayed with a Content-Length; hop-by-hop headers are kept in the record and
+  removed when the request is replayed (``hqm.proto.headers``).
+A stored response keeps status, reason phrase, headers (same rules) and body bytes.
+
+Wire format, version 1 (binary-safe, no pickle, no base64)::
+
+    b"HQM" | version:u8 | kind:u8 | head_length:u32be | head (JSON) | body (raw bytes)
+
+The JSON head holds the metadata; header bytes travel as latin-1 strings, which maps
+every byte 0-255 to one code point and back, so any header h11 accepts round-trips.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import orjson
+
+from hqm.proto.errors import EnvelopeError
+
+ENVELOPE_VERSION = 1
+_MAGIC = b"HQM"
+_KIND_REQUEST = 1
+_KIND_RESPONSE = 2
+_PREFIX = struct.Struct(">3sBBI")
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """A request as the proxy received it, plus what the worker needs to replay it."""
+
+    id: str
+    method: bytes
+    target: bytes
+    headers: Headers
+    body: bytes = b""
+    http_version: bytes = b"1.1"
+    client: str = ""
+    scheme: str = "http"
+    received_at: float = 0.0
+    #: Notification channel of the proxy holding a waiting client ("" when none waits).
+    reply_to: str = ""
+    #: Reply mode: "async", "wait" or "fire" (fire keeps no result).
+    mode: str = "async"
+    #: Name of the upstream (from the worker's own config) this request goes to.
+    upstream: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRecord:
+    """The app's response (or the error standing in for it) as stored for the client."""
+
+    status: int
+    reason: bytes
+    headers: Headers
+    body: bytes = b""
+    http_version: bytes = b"1.1"
+    attempts: int = 1
+    completed_at: float = 0.0
+    #: Set when the proxy or worker made this response up (app down, dead-lettered).
+    error: str | None = None
+
+
+def _hdrs_out(headers: Headers) -> list[list[str]]:
+    return [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
+
+
+def _hdrs_in(raw: list[list[str]]) -> Headers:
+    return tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in raw)
+
+
+def _pack(kind: int, head: dict, body: bytes) -> bytes:
+    head_bytes = orjson.dumps(head)
+    return _PREFIX.pack(_MAGIC, ENVELOPE_VERSION, kind, len(head_bytes)) + head_bytes + body
+
+
+def _unpack(data: bytes, kind: int) -> tuple[dict, bytes]:
+    if len(data) < _PREFIX.size:
+        raise EnvelopeError("record too short")
+    magic, version, got_kind, head_len = _PREFIX.unpack_from(data)
+    if magic != _MAGIC:
+        raise EnvelopeError("not an hqm record")
+    if version != ENVELOPE_VERSION:
+        raise EnvelopeError(f"unsupported envelope version {version}")
+    if got_kind != kind:
+        raise EnvelopeError(f"record kind {got_kind}, expected {kind}")
+    end = _PREFIX.size + head_len
+    if end > len(data):
+        raise EnvelopeError("truncated record head")
+    try:
+        head = orjson.loads(data[_PREFIX.size : end])
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"corrupt record head: {exc}") from None
+    return head, bytes(data[end:])
+
+
+def encode_request(record: RequestRecord) -> bytes:
+    head = {
+        "id": record.id,
+        "method": record.method.decode("latin-1"),
+        "target": record.target.decode("latin-1"),
+        "headers": _hdrs_out(record.headers),
+        "http_version": record.http_version.decode("latin-1"),
+        "client": record.client,
+        "scheme": record.scheme,
+        "received_at": record.received_at,
+        "reply_to": record.reply_to,
+        "mode": record.mode,
+        "upstream": record.upstream,
+    }
+    return _pack(_KIND_REQUEST, head, record.body)
+
+
+def decode_request(data: bytes) -> RequestRecord:
+    head, body = _unpack(data, _KIND_REQUEST)
+    try:
+        return RequestRecord(
+            id=head["id"],
+            method=head["method"].encode("latin-1"),
+            target=head["target"].encode("latin-1"),
+            headers=_hdrs_in(head["headers"]),
+            body=body,
+            http_version=head["http_version"].encode("latin-1"),
+            client=head["client"],
+            scheme=head["scheme"],
+            received_at=head["received_at"],
+            reply_to=head["reply_to"],
+            mode=head["mode"],
+            upstream=head["upstream"],
+        )
+    except (KeyError, TypeError, AttributeError, UnicodeEncodeError) as exc:
+        raise EnvelopeError(f"malformed request record: {exc!r}") from None
+
+
+def encode_response(record: ResponseRecord) -> bytes:
+    head = {
+        "status": record.status,
+        "reason": record.reason.decode("latin-1"),
+        "headers": _hdrs_out(record.headers),
+        "http_version": record.http_version.decode("latin-1"),
+        "attempts": record.attempts,
+        "completed_at": record.completed_at,
+        "error": record.error,
+    }
+    return _pack(_KIND_RESPONSE, head, record.body)
+
+
+def decode_response(data: bytes) -> ResponseRecord:
+    head, body = _unpack(data, _KIND_RESPONSE)
+    try:
+        return ResponseRecord(
+            status=head["status"],
+            reason=head["reason"].encode("latin-1"),
+            headers=_hdrs_in(head["headers"]),
+            body=body,
+            http_version=head["http_version"].encode("latin-1"),
+            attempts=head["attempts"],
+            completed_at=head["completed_at"],
+            error=head["error"],
+        )
+    except (KeyError, TypeError, AttributeError, UnicodeEncodeError) as exc:
+        raise EnvelopeError(f"malformed response record: {exc!r}") from None
+
+
+def error_response(status: int, error: str, *, attempts: int = 0, now: float = 0.0) -> ResponseRecord:
+    """A JSON error record standing in for an app response (app down, dead letter)."""
+    body = orjson.dumps({"error": error, "status": status})
+    return ResponseRecord(
+        status=status,
+        reason=b"",
+        headers=((b"Content-Type", b"application/json"),),
+        body=body,
+        attempts=attempts,
+        completed_at=now,
+        error=error,
+    )

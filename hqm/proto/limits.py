@@ -1,0 +1,57 @@
+"""The one table of protocol limits and timeouts, each with the reason for its value.
+
+Flags override the defaults through :class:`Limits`; nothing else in the code base
+hard-codes a size or a timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KIB = 1024
+MIB = 1024 * KIB
+
+#: Request line + header block. Envoy allows 60 KiB, nginx 8-32 KiB; 32 KiB fits large
+#: cookies and JWTs while bounding what a slow-loris client can make us hold.
+MAX_HEADER_BYTES = 32 * KIB
+#: Largest request body stored in the queue. Queue entries live in Redis memory, so the
+#: default is small and explicit; raise it with --max-body.
+MAX_BODY_BYTES = 10 * MIB
+#: Largest app response body recorded; bigger answers are stored as a 502 error record.
+MAX_RESPONSE_BYTES = 64 * MIB
+#: Time for a client to send a full request head once it started one (slow-loris bound).
+HEADER_TIMEOUT_S = 10.0
+#: Time for the rest of a request body to arrive once the head is in.
+BODY_TIMEOUT_S = 30.0
+#: Idle keep-alive connection lifetime; Envoy's default idle timeout is 1 h, nginx 75 s.
+IDLE_TIMEOUT_S = 75.0
+#: Default hold for wait mode when the route says `wait` without a number.
+WAIT_S = 30.0
+#: Cap on `Prefer: wait=N`; Knative's queue-proxy holds up to its revision timeout.
+MAX_WAIT_S = 60.0
+#: Retry-After for 202 (poll again) and 503 (queue full or down) answers.
+RETRY_AFTER_S = 1
+#: Bytes queued for a client before we stop reading from it (writes back up).
+WRITE_HIGH_WATER = 256 * KIB
+#: Upstream connect timeout; a local app that does not accept in 5 s is down.
+CONNECT_TIMEOUT_S = 5.0
+#: Upstream response timeout, first byte to last.
+READ_TIMEOUT_S = 60.0
+#: Keep-alive connections kept per upstream by the client pool.
+POOL_SIZE = 64
+#: Time SIGTERM gives in-flight requests to finish.
+DRAIN_TIMEOUT_S = 30.0
+#: How long a finished result stays collectable.
+RESULT_TTL_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-listener limits; defaults are the constants above."""
+
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_body_bytes: int = MAX_BODY_BYTES
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    write_high_water: int = WRITE_HIGH_WATER

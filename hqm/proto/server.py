@@ -1,0 +1,254 @@
+"""Sans-IO HTTP/1.1 server connection on h11: bytes in, events out, bytes to send.
+
+Adds to h11 what a proxy needs and h11 leaves out: smuggling shapes refused with 400
+(Content-Length together with Transfer-Encoding, Transfer-Encoding in HTTP/1.0), a body
+bound for Content-Length and chunked bodies alike (413 before the body is read when the
+length is declared), CONNECT/Upgrade refused with 501, automatic ``100 Continue`` once
+a head is accepted, and HEAD/204/304 framing on the way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import h11
+
+from hqm.proto.envelope import Headers
+from hqm.proto.errors import ProtocolError
+from hqm.proto.limits import Limits
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class Phase(Enum):
+    """Where the connection is, for the IO layer's timers."""
+
+    IDLE = "idle"  # between requests, nothing buffered: idle keep-alive timeout
+    HEAD = "head"  # part of a request head received: header timeout
+    BODY = "body"  # head accepted, body arriving: body timeout
+    RESPONDING = "responding"  # request complete, our answer is pending: no timer
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    #: (raw-case name, value) in received order.
+    headers: Headers
+    http_version: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    head: RequestHead
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The request was refused; an error response is queued and the connection closes."""
+
+    status: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedData:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingResponse:
+    """A request is complete; nothing more is parsed until ``send_response``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClosed:
+    pass
+
+
+Event = RequestReceived | Rejected | NeedData | AwaitingResponse | PeerClosed
+NEED_DATA = NeedData()
+AWAITING_RESPONSE = AwaitingResponse()
+PEER_CLOSED = PeerClosed()
+
+
+def _check_head(request: h11.Request, limits: Limits) -> None:
+    has_te = has_cl = False
+    length = 0
+    for name, value in request.headers:
+        if name == b"transfer-encoding":
+            has_te = True
+        elif name == b"content-length":
+            has_cl = True
+            length = int(value)  # h11 validated it is digits
+        elif name == b"upgrade":
+            raise ProtocolError("Upgrade is not supported", error_status_hint=501)
+    if has_te and has_cl:
+        raise ProtocolError("Content-Length with Transfer-Encoding", error_status_hint=400)
+    if has_te and request.http_version < b"1.1":
+        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", error_status_hint=400)
+    if request.method == b"CONNECT":
+        raise ProtocolError("CONNECT is not supported", error_status_hint=501)
+    if length > limits.max_body_bytes:
+        raise ProtocolError("request body too large", error_status_hint=413)
+
+
+class ServerConnection:
+    """One client connection's HTTP/1.1 state."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._head: RequestHead | None = None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._out: list[bytes] = []
+        self._failed = False
+        self._eof = False
+        self._awaiting = False
+
+    # --- input -------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` means the client closed its side."""
+        if not data:
+            self._eof = True
+        if self._failed:
+            return
+        try:
+            self._h11.receive_data(data)
+        except h11.RemoteProtocolError:  # data after EOF: nothing to do
+            self._eof = True
+
+    def next_event(self) -> Event:
+        if self._failed:
+            return PEER_CLOSED
+        if self._awaiting:
+            return AWAITING_RESPONSE
+        try:
+            return self._next_event()
+        except h11.RemoteProtocolError as exc:
+            status = 431 if exc.error_status_hint == 431 else 400
+            return self._reject(status, str(exc))
+        except ProtocolError as exc:
+            return self._reject(exc.error_status_hint, str(exc))
+
+    def _next_event(self) -> Event:
+        while True:
+            event = self._h11.next_event()
+            if event is h11.NEED_DATA:
+                if self._eof and self._h11.their_state is not h11.DONE:
+                    if self._head is None and not self._h11.trailing_data[0]:
+                        self._failed = True
+                        return PEER_CLOSED
+                    return self._reject(400, "client closed mid-request")
+                return NEED_DATA
+            if event is h11.PAUSED:
+                return AWAITING_RESPONSE
+            if isinstance(event, h11.Request):
+                _check_head(event, self._limits)
+                self._head = RequestHead(
+                    method=event.method,
+                    target=event.target,
+                    headers=tuple(event.headers.raw_items()),
+                    http_version=event.http_version,
+                )
+                self._body = []
+                self._body_size = 0
+                if self._h11.they_are_waiting_for_100_continue:
+                    self._out.append(self._h11.send(h11.InformationalResponse(status_code=100)))
+            elif isinstance(event, h11.Data):
+                self._body_size += len(event.data)
+                if self._body_size > self._limits.max_body_bytes:
+                    raise ProtocolError("request body too large", error_status_hint=413)
+                self._body.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                assert self._head is not None
+                head, body = self._head, b"".join(self._body)
+                self._body = []
+                self._awaiting = True
+                return RequestReceived(head, body)
+            elif isinstance(event, h11.ConnectionClosed):
+                self._failed = True
+                return PEER_CLOSED
+
+    # --- state for the IO layer ---------------------------------------------
+    @property
+    def phase(self) -> Phase:
+        if self._failed or self._h11.our_state in (h11.CLOSED, h11.MUST_CLOSE, h11.ERROR):
+            return Phase.CLOSED
+        if self._awaiting:
+            return Phase.RESPONDING
+        state = self._h11.their_state
+        if state is h11.SEND_BODY:
+            return Phase.BODY
+        if state is h11.IDLE and not self._h11.trailing_data[0]:
+            return Phase.IDLE
+        return Phase.HEAD
+
+    @property
+    def must_close(self) -> bool:
+        """True once the connection cannot carry another request."""
+        return self._failed or self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+
+    @property
+    def request_method(self) -> bytes | None:
+        return self._head.method if self._head else None
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    # --- output -------------------------------------------------------------
+    def send_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"", reason: bytes = b""
+    ) -> None:
+        """Queue a complete response to the current request, then get ready for the next."""
+        method = self.request_method
+        bodyless = method == b"HEAD" or status in _NO_BODY_STATUSES or status < 200
+        if not bodyless and not any(n.lower() == b"content-length" for n, _ in headers):
+            headers = [*headers, (b"Content-Length", str(len(body)).encode())]
+        try:
+            self._out.append(
+                self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))
+            )
+            if body and not bodyless:
+                self._out.append(self._h11.send(h11.Data(data=body)))
+            self._out.append(self._h11.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError as exc:
+            # A response h11 will not frame (e.g. a bad header from the app): say so.
+            self._h11.send_failed()
+            self._failed = True
+            self._out.append(_raw_error(502, f"bad upstream response: {exc}"))
+            return
+        self._awaiting = False
+        self._head = None
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+
+    def _reject(self, status: int, message: str) -> Rejected:
+        body = message.encode("utf-8", "replace") + b"\n"
+        headers = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", str(len(body)).encode()),
+            (b"Connection", b"close"),
+        ]
+        try:
+            self._out.append(self._h11.send(h11.Response(status_code=status, headers=headers)))
+            self._out.append(self._h11.send(h11.Data(data=body)))
+            self._out.append(self._h11.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            self._out.append(_raw_error(status, message))
+        self._failed = True
+        return Rejected(status, message)
+
+
+def _raw_error(status: int, message: str) -> bytes:
+    body = message.encode("utf-8", "replace") + b"\n"
+    return (
+        b"HTTP/1.1 %d Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (status, len(body))
+    ) + body

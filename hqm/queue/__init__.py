@@ -1,0 +1,1 @@
+"""Queue backends behind one interface (``hqm.queue.base.Queue``)."""

@@ -1,0 +1,159 @@
+"""The ``Queue`` interface: what the proxy and the worker need from a queue backend.
+
+Shaped after Redis Streams consumer groups: entries are claimed by a named consumer,
+stay pending until acknowledged, and are reclaimed from dead consumers after a
+visibility timeout. The embedded backend (``hqm.queue.memory``) and the Redis Streams
+backend (``hqm.queue.redis_streams``) both implement it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from enum import Enum
+
+from hqm.proto.envelope import RequestRecord, ResponseRecord
+
+
+class QueueError(Exception):
+    """Base for queue failures; ``error_status_hint`` is the status a client gets."""
+
+    error_status_hint = 503
+
+
+class QueueFull(QueueError):
+    """The backlog reached --max-depth."""
+
+
+class QueueUnavailable(QueueError):
+    """The backend cannot be reached or refused the write."""
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    DONE = "done"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestState:
+    """What ``GET /_hqm/requests/{id}`` reports about a request."""
+
+    status: Status
+    attempts: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One entry handed to one worker."""
+
+    entry_id: str
+    record: RequestRecord
+    #: Times this entry has been handed to a worker, this time included.
+    deliveries: int
+    #: App attempts already made for this request before this delivery (0 on the first).
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    entry_id: str
+    record: RequestRecord
+    error: str
+    attempts: int
+    dead_at: float
+
+
+class Queue(abc.ABC):
+    """A durable (or, embedded, in-process) request queue with results."""
+
+    name: str
+
+    # --- proxy side ---------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def reply_channel(self) -> str:
+        """Where workers notify this process of finished requests (``record.reply_to``)."""
+
+    @abc.abstractmethod
+    async def enqueue(self, record: RequestRecord) -> None:
+        """Store the request; returns only once it is durable. QueueFull/QueueUnavailable."""
+
+    @abc.abstractmethod
+    async def state(self, request_id: str) -> RequestState | None:
+        """The request's status, or None when the id is unknown or expired."""
+
+    @abc.abstractmethod
+    async def fetch_result(self, request_id: str) -> ResponseRecord | None:
+        """The stored response, or None while pending or when unknown."""
+
+    @abc.abstractmethod
+    async def wait_result(self, request_id: str, timeout_s: float) -> ResponseRecord | None:
+        """The response once recorded, or None after ``timeout_s``.
+
+        Never stranded by a lost notification: implementations also poll.
+        """
+
+    # --- worker side --------------------------------------------------------
+    @abc.abstractmethod
+    async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:
+        """Up to ``count`` new entries for ``consumer``, waiting up to ``block_s``."""
+
+    @abc.abstractmethod
+    async def reclaim(self, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
+        """Entries other consumers held for longer than ``min_idle_s``, now ours."""
+
+    @abc.abstractmethod
+    async def touch(self, consumer: str, entry_ids: list[str]) -> None:
+        """Renew our claim on entries still in progress (resets their idle time)."""
+
+    @abc.abstractmethod
+    async def complete(self, delivery: Delivery, response: ResponseRecord) -> None:
+        """Record the result, acknowledge and notify, atomically (fire mode: no result)."""
+
+    @abc.abstractmethod
+    async def retry_later(self, delivery: Delivery, due_at: float, error: str) -> None:
+        """Acknowledge now and schedule the request again at ``due_at`` (epoch seconds).
+
+        The retry carries ``attempt = delivery.attempt + 1``; status becomes retrying.
+        """
+
+    @abc.abstractmethod
+    async def promote_due(self, now: float) -> int:
+        """Move retries that are due back into the queue; returns how many moved."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
+        """Move the entry to the dead-letter store, record a 502 result, acknowledge."""
+
+    @abc.abstractmethod
+    async def release(self, consumer: str) -> None:
+        """Forget ``consumer`` once it holds nothing (clean worker shutdown)."""
+
+    # --- admin --------------------------------------------------------------
+    @abc.abstractmethod
+    async def depth(self) -> int:
+        """Entries not yet acknowledged: waiting, in flight and scheduled for retry."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, count: int = 100) -> list[DeadLetter]: ...
+
+    @abc.abstractmethod
+    async def dead_letter_get(self, entry_id: str) -> DeadLetter | None: ...
+
+    @abc.abstractmethod
+    async def replay_dead_letter(self, entry_id: str) -> bool:
+        """Queue the dead letter again as a fresh request (attempts reset); False if unknown."""
+
+    @abc.abstractmethod
+    async def purge_dead_letters(self) -> int: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the backend answers; used by /readyz."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

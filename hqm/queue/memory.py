@@ -1,0 +1,245 @@
+"""The embedded, in-process queue: zero setup, not durable.
+
+Used when ``hqm proxy`` runs without ``--redis``: the proxy and an in-process worker
+share one instance. It follows the consumer-group semantics of the Redis backend
+(pending entries, reclaim after a visibility timeout, delayed retries, dead letters)
+so the worker code is the same for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hqm.proto.envelope import RequestRecord, ResponseRecord, error_response
+from hqm.queue.base import (
+    DeadLetter,
+    Delivery,
+    Queue,
+    QueueFull,
+    RequestState,
+    Status,
+)
+
+
+@dataclass(slots=True)
+class _Pending:
+    consumer: str
+    since: float
+    deliveries: int
+
+
+class MemoryQueue(Queue):
+    def __init__(
+        self,
+        name: str = "default",
+        *,
+        max_depth: int = 0,
+        result_ttl_s: float = 86400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self._max_depth = max_depth
+        self._ttl = result_ttl_s
+        self._now = clock
+        self._ids = itertools.count(1)
+        self._entries: dict[str, tuple[RequestRecord, int]] = {}
+        self._waiting: deque[str] = deque()
+        self._pending: dict[str, _Pending] = {}
+        self._deliveries: dict[str, int] = {}
+        self._delayed: list[tuple[float, int, str]] = []
+        self._results: dict[str, tuple[ResponseRecord, float]] = {}
+        self._states: dict[str, tuple[RequestState, float]] = {}
+        self._dlq: OrderedDict[str, DeadLetter] = OrderedDict()
+        self._waiters: dict[str, list[asyncio.Future[ResponseRecord]]] = {}
+        self._arrived = asyncio.Event()
+
+    @property
+    def reply_channel(self) -> str:
+        return "embedded"
+
+    # --- proxy side ---------------------------------------------------------
+    async def enqueue(self, record: RequestRecord) -> None:
+        self._add(record, attempt=0)
+
+    def _add(self, record: RequestRecord, attempt: int) -> str:
+        if self._max_depth and self._depth() >= self._max_depth:
+            raise QueueFull(f"queue {self.name!r} holds {self._max_depth} entries")
+        entry_id = f"{int(self._now() * 1000)}-{next(self._ids)}"
+        self._entries[entry_id] = (record, attempt)
+        self._waiting.append(entry_id)
+        self._set_state(record.id, RequestState(Status.QUEUED, attempts=attempt))
+        self._arrived.set()
+        return entry_id
+
+    def _set_state(self, request_id: str, state: RequestState) -> None:
+        self._states[request_id] = (state, self._now() + self._ttl)
+
+    async def state(self, request_id: str) -> RequestState | None:
+        item = self._states.get(request_id)
+        if item is None or item[1] <= self._now():
+            return None
+        return item[0]
+
+    async def fetch_result(self, request_id: str) -> ResponseRecord | None:
+        item = self._results.get(request_id)
+        if item is None or item[1] <= self._now():
+            return None
+        return item[0]
+
+    async def wait_result(self, request_id: str, timeout_s: float) -> ResponseRecord | None:
+        result = await self.fetch_result(request_id)
+        if result is not None:
+            return result
+        future: asyncio.Future[ResponseRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(request_id, []).append(future)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(request_id)
+            if waiters is not None:
+                if future in waiters:
+                    waiters.remove(future)
+                if not waiters:
+                    del self._waiters[request_id]
+
+    # --- worker side --------------------------------------------------------
+    async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:
+        if not self._waiting and block_s > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), block_s)
+            except TimeoutError:
+                return []
+        out = []
+        while self._waiting and len(out) < count:
+            entry_id = self._waiting.popleft()
+            out.append(self._deliver(entry_id, consumer))
+        return out
+
+    def _deliver(self, entry_id: str, consumer: str) -> Delivery:
+        record, attempt = self._entries[entry_id]
+        deliveries = self._deliveries.get(entry_id, 0) + 1
+        self._deliveries[entry_id] = deliveries
+        self._pending[entry_id] = _Pending(consumer, self._now(), deliveries)
+        self._set_state(record.id, RequestState(Status.PROCESSING, attempts=attempt))
+        return Delivery(entry_id, record, deliveries, attempt)
+
+    async def reclaim(self, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
+        cutoff = self._now() - min_idle_s
+        stale = [eid for eid, p in self._pending.items() if p.since <= cutoff][:count]
+        return [self._deliver(eid, consumer) for eid in stale]
+
+    async def touch(self, consumer: str, entry_ids: list[str]) -> None:
+        now = self._now()
+        for entry_id in entry_ids:
+            pending = self._pending.get(entry_id)
+            if pending is not None and pending.consumer == consumer:
+                pending.since = now
+
+    def _ack(self, entry_id: str) -> None:
+        self._pending.pop(entry_id, None)
+        self._deliveries.pop(entry_id, None)
+        self._entries.pop(entry_id, None)
+
+    def _store_result(self, request_id: str, response: ResponseRecord, status: Status) -> None:
+        self._results[request_id] = (response, self._now() + self._ttl)
+        self._set_state(request_id, RequestState(status, response.attempts, response.error))
+        for future in self._waiters.pop(request_id, []):
+            if not future.done():
+                future.set_result(response)
+
+    async def complete(self, delivery: Delivery, response: ResponseRecord) -> None:
+        if delivery.entry_id not in self._entries:
+            return  # already acknowledged by whoever reclaimed it
+        if delivery.record.mode == "fire":
+            self._states.pop(delivery.record.id, None)
+        else:
+            self._store_result(delivery.record.id, response, Status.DONE)
+        self._ack(delivery.entry_id)
+
+    async def retry_later(self, delivery: Delivery, due_at: float, error: str) -> None:
+        if delivery.entry_id not in self._entries:
+            return
+        record = delivery.record
+        self._ack(delivery.entry_id)
+        retry_id = f"retry-{next(self._ids)}"
+        self._entries[retry_id] = (record, delivery.attempt + 1)
+        heapq.heappush(self._delayed, (due_at, next(self._ids), retry_id))
+        self._set_state(record.id, RequestState(Status.RETRYING, delivery.attempt + 1, error))
+
+    async def promote_due(self, now: float) -> int:
+        moved = 0
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, retry_id = heapq.heappop(self._delayed)
+            record, attempt = self._entries.pop(retry_id)
+            entry_id = f"{int(now * 1000)}-{next(self._ids)}"
+            self._entries[entry_id] = (record, attempt)
+            self._waiting.append(entry_id)
+            self._set_state(record.id, RequestState(Status.QUEUED, attempts=attempt))
+            moved += 1
+        if moved:
+            self._arrived.set()
+        self._expire(now)
+        return moved
+
+    def _expire(self, now: float) -> None:
+        for store in (self._results, self._states):
+            for key in [k for k, (_, exp) in store.items() if exp <= now]:
+                del store[key]
+
+    async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
+        if delivery.entry_id not in self._entries:
+            return
+        now = self._now()
+        record = delivery.record
+        self._dlq[delivery.entry_id] = DeadLetter(delivery.entry_id, record, error, attempts, now)
+        if record.mode != "fire":
+            response = error_response(502, error, attempts=attempts, now=now)
+            self._store_result(record.id, response, Status.DEAD)
+        self._ack(delivery.entry_id)
+
+    async def release(self, consumer: str) -> None:
+        return None
+
+    # --- admin --------------------------------------------------------------
+    def _depth(self) -> int:
+        return len(self._waiting) + len(self._pending) + len(self._delayed)
+
+    async def depth(self) -> int:
+        return self._depth()
+
+    async def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+        return list(self._dlq.values())[:count]
+
+    async def dead_letter_get(self, entry_id: str) -> DeadLetter | None:
+        return self._dlq.get(entry_id)
+
+    async def replay_dead_letter(self, entry_id: str) -> bool:
+        letter = self._dlq.pop(entry_id, None)
+        if letter is None:
+            return False
+        self._results.pop(letter.record.id, None)
+        self._add(letter.record, attempt=0)
+        return True
+
+    async def purge_dead_letters(self) -> int:
+        count = len(self._dlq)
+        self._dlq.clear()
+        return count
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        for waiters in self._waiters.values():
+            for future in waiters:
+                future.cancel()
+        self._waiters.clear()
