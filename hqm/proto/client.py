@@ -29,7 +29,9 @@ class ClientConnection:
                 out.append(self._h11.send(h11.Data(data=body)))
             out.append(self._h11.send(h11.EndOfMessage()))
         except h11.LocalProtocolError as exc:
-            raise ProtocolError(f"request cannot be replayed: {exc}", error_status_hint=400) from None
+            raise ProtocolError(
+                f"request cannot be replayed: {exc}", error_status_hint=400
+            ) from None
         self._response = None
         self._body = []
         self._size = 0
@@ -70,7 +72,9 @@ class ClientConnection:
                 else:  # PAUSED cannot happen before EndOfMessage on the client side
                     return None
         except h11.RemoteProtocolError as exc:
-            raise ProtocolError(f"malformed upstream response: {exc}", error_status_hint=502) from None
+            raise ProtocolError(
+                f"malformed upstream response: {exc}", error_status_hint=502
+            ) from None
 
     @property
     def reusable(self) -> bool:

@@ -175,7 +175,9 @@ def decode_response(data: bytes) -> ResponseRecord:
         raise EnvelopeError(f"malformed response record: {exc!r}") from None
 
 
-def error_response(status: int, error: str, *, attempts: int = 0, now: float = 0.0) -> ResponseRecord:
+def error_response(
+    status: int, error: str, *, attempts: int = 0, now: float = 0.0
+) -> ResponseRecord:
     """A JSON error record standing in for an app response (app down, dead letter)."""
     body = orjson.dumps({"error": error, "status": status})
     return ResponseRecord(

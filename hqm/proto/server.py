@@ -204,13 +204,17 @@ class ServerConnection:
 
     # --- output -------------------------------------------------------------
     def send_response(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"", reason: bytes = b""
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes = b"",
+        reason: bytes = b"",
     ) -> None:
         """Queue a complete response to the current request, then get ready for the next."""
         method = self.request_method
         bodyless = method == b"HEAD" or status in _NO_BODY_STATUSES or status < 200
-        if not bodyless and not any(n.lower() == b"content-length" for n, _ in headers):
-            headers = [*headers, (b"Content-Length", str(len(body)).encode())]
+        if not bodyless:
+            headers = _with_content_length(headers, len(body))
         try:
             self._out.append(
                 self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))
@@ -229,6 +233,10 @@ class ServerConnection:
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
 
+    def time_out(self) -> Rejected:
+        """The IO layer's header/body timer fired: answer 408 and close."""
+        return self._reject(408, "request timeout")
+
     def _reject(self, status: int, message: str) -> Rejected:
         body = message.encode("utf-8", "replace") + b"\n"
         headers = [
@@ -244,6 +252,25 @@ class ServerConnection:
             self._out.append(_raw_error(status, message))
         self._failed = True
         return Rejected(status, message)
+
+
+def _with_content_length(
+    headers: list[tuple[bytes, bytes]], length: int
+) -> list[tuple[bytes, bytes]]:
+    """Content-Length set to the body we send, in place of the first one given (if any)."""
+    value = str(length).encode()
+    out: list[tuple[bytes, bytes]] = []
+    seen = False
+    for name, current in headers:
+        if name.lower() == b"content-length":
+            if not seen:
+                out.append((name, value))
+                seen = True
+            continue
+        out.append((name, current))
+    if not seen:
+        out.append((b"Content-Length", value))
+    return out
 
 
 def _raw_error(status: int, message: str) -> bytes:

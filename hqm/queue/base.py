@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from hqm.proto.envelope import RequestRecord, ResponseRecord
 
@@ -29,7 +29,7 @@ class QueueUnavailable(QueueError):
     """The backend cannot be reached or refused the write."""
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     QUEUED = "queued"
     PROCESSING = "processing"
     RETRYING = "retrying"

@@ -1,0 +1,59 @@
+"""Every Redis key name hqm uses, in one place (DESIGN.md section 7).
+
+All keys of one queue carry the hash tag ``{<queue>}`` so that they live in one
+Redis Cluster slot: the multi-key Lua scripts and MULTI/EXEC blocks of
+``hqm.queue.redis_streams`` are then valid on a cluster too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The consumer group every hqm worker of a queue reads with.
+GROUP = "hqm"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Key names of one queue."""
+
+    queue: str
+
+    @property
+    def prefix(self) -> str:
+        return f"hqm:{{{self.queue}}}:"
+
+    @property
+    def stream(self) -> str:
+        """The request stream (consumer group :data:`GROUP`)."""
+        return f"{self.prefix}stream"
+
+    @property
+    def group(self) -> str:
+        return GROUP
+
+    @property
+    def dlq(self) -> str:
+        """The dead-letter stream."""
+        return f"{self.prefix}dlq"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of scheduled retries, scored by due time (epoch seconds)."""
+        return f"{self.prefix}delayed"
+
+    def result(self, request_id: str) -> str:
+        """The stored response of a request (expires after the result TTL)."""
+        return f"{self.prefix}res:{request_id}"
+
+    def state(self, request_id: str) -> str:
+        """The status of a request (expires after the result TTL)."""
+        return f"{self.prefix}st:{request_id}"
+
+    def idem(self, key: str) -> str:
+        """An Idempotency-Key's record."""
+        return f"{self.prefix}idem:{key}"
+
+    def reply_channel(self, instance: str) -> str:
+        """Pub/sub channel on which workers notify one proxy instance."""
+        return f"{self.prefix}reply:{instance}"

@@ -1,0 +1,245 @@
+"""The worker: claims stored requests, replays them to the app, records the answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from hqm.config import WorkerSettings
+from hqm.metrics import WorkerMetrics
+from hqm.proto.envelope import ResponseRecord
+from hqm.proto.headers import ForwardedInfo, header_value, upstream_request_headers
+from hqm.queue.base import Delivery, Queue, QueueError
+from hqm.ratelimit import RateLimiter
+from hqm.retry import (
+    RETRY_ANY_METHOD,
+    RETRY_IDEMPOTENT,
+    Failure,
+    backoff_s,
+    may_retry,
+    parse_retry_after,
+)
+from hqm.upstream import UpstreamError, UpstreamPool
+
+log = logging.getLogger("hqm.worker")
+
+_RETRY_STATUSES = RETRY_ANY_METHOD | RETRY_IDEMPOTENT
+#: Upper bound on the pause after a queue error (Redis down): reconnect backoff.
+_MAX_QUEUE_BACKOFF_S = 5.0
+
+
+class Worker:
+    """Runs until ``stop()`` (or, in burst mode, until the queue is empty)."""
+
+    def __init__(
+        self,
+        *,
+        queue: Queue,
+        pool: UpstreamPool,
+        settings: WorkerSettings,
+        metrics: WorkerMetrics,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._queue = queue
+        self._pool = pool
+        self._settings = settings
+        self._metrics = metrics
+        self._now = wall_clock
+        self._limiter = RateLimiter(settings.rate)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._last_maintenance = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def stop(self) -> None:
+        """Stop claiming; ``run`` returns once in-flight requests finished (or drain ran out)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                if not await self._step():
+                    break
+                backoff = 0.1
+            except QueueError as exc:
+                log.warning("queue unavailable: %s; retrying in %.1f s", exc, backoff)
+                await self._pause(backoff)
+                backoff = min(_MAX_QUEUE_BACKOFF_S, backoff * 2)
+        await self._drain()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _step(self) -> bool:
+        """One claim round; False when burst mode found nothing left to do."""
+        free = self._settings.concurrency - len(self._tasks)
+        if free <= 0:
+            self._slot_freed.clear()
+            await self._wait_slot()
+            return True
+        deliveries = await self._maintain(free)
+        if not deliveries:
+            block = 0.05 if self._settings.burst else self._settings.claim_block_s
+            deliveries = await self._queue.claim(self._settings.consumer, free, block)
+        if not deliveries and self._settings.burst and not self._tasks:
+            if await self._queue.depth() == 0:
+                return False
+            await self._pause(0.05)  # entries held elsewhere or scheduled: wait for them
+        for delivery in deliveries:
+            self._start(delivery)
+        return True
+
+    async def _wait_slot(self) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        freed = asyncio.ensure_future(self._slot_freed.wait())
+        try:
+            await asyncio.wait(
+                [stop, freed], timeout=self._settings.claim_block_s, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            stop.cancel()
+            freed.cancel()
+        await self._maintain(0)
+
+    async def _maintain(self, free: int) -> list[Delivery]:
+        """Periodic work: due retries back in, claims renewed, dead consumers' entries taken."""
+        now = time.monotonic()
+        period = min(1.0, self._settings.visibility_timeout_s / 3)
+        if now - self._last_maintenance < period:
+            return []
+        self._last_maintenance = now
+        await self._queue.promote_due(self._now())
+        if self._tasks:
+            await self._queue.touch(self._settings.consumer, list(self._tasks))
+        if free <= 0:
+            return []
+        return await self._queue.reclaim(
+            self._settings.consumer, self._settings.visibility_timeout_s, free
+        )
+
+    def _start(self, delivery: Delivery) -> None:
+        if delivery.entry_id in self._tasks:
+            return  # reclaimed our own entry that is still in progress
+        task = asyncio.get_running_loop().create_task(self._process(delivery))
+        self._tasks[delivery.entry_id] = task
+        self._metrics.in_flight.set(len(self._tasks))
+        task.add_done_callback(lambda _t, eid=delivery.entry_id: self._finished(eid))
+
+    def _finished(self, entry_id: str) -> None:
+        self._tasks.pop(entry_id, None)
+        self._metrics.in_flight.set(len(self._tasks))
+        self._slot_freed.set()
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            await self._attempt(delivery)
+        except QueueError as exc:
+            # The entry stays pending under our name and is reclaimed later: not lost.
+            log.warning("could not record %s: %s", delivery.record.id, exc)
+        except Exception:
+            log.exception("worker failed on %s", delivery.record.id)
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        record = delivery.record
+        if delivery.deliveries > self._settings.max_deliveries:
+            error = f"delivered {delivery.deliveries - 1} times without finishing"
+            await self._dead_letter(delivery, error, delivery.attempt)
+            return
+        if delivery.attempt == 0 and delivery.deliveries == 1:
+            self._metrics.queue_wait_seconds.observe(max(0.0, self._now() - record.received_at))
+        await self._limiter.acquire()
+        attempt = delivery.attempt + 1
+        headers = upstream_request_headers(
+            record.headers,
+            body_length=len(record.body),
+            request_id=record.id,
+            forwarded=ForwardedInfo(
+                client=record.client,
+                proto=record.scheme,
+                enabled=self._settings.forwarded_headers,
+            ),
+        )
+        started = time.perf_counter()
+        try:
+            response = await self._pool.request(record.method, record.target, headers, record.body)
+        except UpstreamError as exc:
+            self._metrics.app_seconds.labels("error").observe(time.perf_counter() - started)
+            failure = Failure(str(exc), reached=exc.reached, permanent=exc.permanent)
+            await self._failed(delivery, failure, attempt)
+            return
+        self._metrics.app_seconds.labels(f"{response.status // 100}xx").observe(
+            time.perf_counter() - started
+        )
+        if response.status in _RETRY_STATUSES:
+            failure = Failure(
+                f"app answered {response.status}",
+                reached=True,
+                status=response.status,
+                retry_after_s=parse_retry_after(
+                    header_value(response.headers, b"retry-after"), now=self._now()
+                ),
+            )
+            if may_retry(failure, record.method, record.headers):
+                await self._retry_or_give_up(delivery, failure, attempt)
+                return
+        # A real answer (also a 5xx that is not safe to ask again) goes to the client.
+        await self._complete(
+            delivery, replace(response, attempts=attempt, completed_at=self._now())
+        )
+
+    async def _failed(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
+        record = delivery.record
+        if may_retry(failure, record.method, record.headers):
+            await self._retry_or_give_up(delivery, failure, attempt)
+        else:
+            await self._dead_letter(delivery, f"{failure.error} (attempt {attempt})", attempt)
+
+    async def _retry_or_give_up(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
+        if attempt >= self._settings.max_attempts:
+            error = f"{failure.error}; gave up after {attempt} attempts"
+            await self._dead_letter(delivery, error, attempt)
+        else:
+            await self._retry(delivery, failure, attempt)
+
+    async def _retry(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
+        delay = backoff_s(
+            attempt, base_s=self._settings.retry_base_s, max_s=self._settings.retry_max_s
+        )
+        if failure.retry_after_s is not None:
+            delay = min(max(delay, failure.retry_after_s), self._settings.retry_max_s)
+        await self._queue.retry_later(delivery, self._now() + delay, failure.error)
+        self._metrics.retries.inc()
+
+    async def _complete(self, delivery: Delivery, response: ResponseRecord) -> None:
+        await self._queue.complete(delivery, response)
+        self._metrics.processed.labels("done").inc()
+
+    async def _dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
+        log.warning("dead-lettering %s: %s", delivery.record.id, error)
+        await self._queue.dead_letter(delivery, error, attempts)
+        self._metrics.dead_letters.inc()
+        self._metrics.processed.labels("dead").inc()
+
+    async def _drain(self) -> None:
+        """Let in-flight requests finish (bounded); what is cut off stays pending, not lost."""
+        if self._tasks:
+            _, pending = await asyncio.wait(
+                list(self._tasks.values()), timeout=self._settings.drain_timeout_s
+            )
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                log.warning("drain timeout: %d requests left pending for reclaim", len(pending))
+        with contextlib.suppress(QueueError):
+            await self._queue.release(self._settings.consumer)
