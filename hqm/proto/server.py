@@ -78,7 +78,11 @@ PEER_CLOSED = PeerClosed()
 def _check_head(request: h11.Request, limits: Limits) -> None:
     has_te = has_cl = False
     length = 0
+    # h11 bounds only a head still incomplete in its buffer; one that arrived whole in
+    # a single read is measured here (request line + "name: value\r\n" per field).
+    head_size = len(request.method) + len(request.target) + 12
     for name, value in request.headers:
+        head_size += len(name) + len(value) + 4
         if name == b"transfer-encoding":
             has_te = True
         elif name == b"content-length":
@@ -86,6 +90,8 @@ def _check_head(request: h11.Request, limits: Limits) -> None:
             length = int(value)  # h11 validated it is digits
         elif name == b"upgrade":
             raise ProtocolError("Upgrade is not supported", error_status_hint=501)
+    if head_size > limits.max_header_bytes:
+        raise ProtocolError("request header block too large", error_status_hint=431)
     if has_te and has_cl:
         raise ProtocolError("Content-Length with Transfer-Encoding", error_status_hint=400)
     if has_te and request.http_version < b"1.1":
@@ -158,7 +164,9 @@ class ServerConnection:
                 self._body = []
                 self._body_size = 0
                 if self._h11.they_are_waiting_for_100_continue:
-                    self._out.append(self._h11.send(h11.InformationalResponse(status_code=100)))
+                    self._out.append(
+                        self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    )
             elif isinstance(event, h11.Data):
                 self._body_size += len(event.data)
                 if self._body_size > self._limits.max_body_bytes:
