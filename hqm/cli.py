@@ -18,6 +18,7 @@ from hqm.config import (
     parse_listen,
     parse_upstream,
 )
+from hqm.dlq_cli import dlq
 from hqm.logs import setup as setup_logging
 from hqm.proto import limits as L
 from hqm.proto.limits import Limits
@@ -26,10 +27,14 @@ from hqm.proto.limits import Limits
 def _run(coro) -> None:
     try:
         import uvloop
-
-        uvloop.run(coro)
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(coro)
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(coro)
+    except OSError as exc:  # e.g. a port already in use
+        raise click.ClickException(f"cannot start: {exc.strerror or exc}") from None
 
 
 def _settings(build):
@@ -212,6 +217,8 @@ def worker(**opts) -> None:
     )
     _run(run_worker(run))
 
+
+main.add_command(dlq)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

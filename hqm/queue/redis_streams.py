@@ -1,0 +1,661 @@
+"""The Redis Streams backend: the production queue (DESIGN.md sections 5 and 7).
+
+One stream per queue, read through the consumer group ``hqm``. A finished entry
+(completed, scheduled for retry or dead-lettered) is XACKed and XDELed in the same
+Lua script that records its outcome, so XLEN is the number of unfinished entries.
+Scheduled retries wait in a sorted set and are moved back by ``promote_due``.
+
+Every Redis failure surfaces as ``QueueUnavailable``; redis-py reconnects on the
+next command, so the same object recovers when Redis comes back.
+
+Corrupt stream entries (undecodable envelope) are dead-lettered with their raw bytes
+and the error ``corrupt entry: ...``; they are listed by ``dead_letters`` with an
+empty placeholder record (id "", the raw bytes as body) and cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+
+from hqm.proto.envelope import (
+    RequestRecord,
+    ResponseRecord,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+    error_response,
+)
+from hqm.queue.base import (
+    DeadLetter,
+    Delivery,
+    Queue,
+    QueueError,
+    QueueFull,
+    QueueUnavailable,
+    RequestState,
+    Status,
+)
+from hqm.queue.keys import GROUP, QueueKeys
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH = 512  # records per enqueue round trip
+_PROMOTE_LIMIT = 100  # retries moved back per promote_due call
+_ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+#: Delayed-retry member: attempt u32 | len(request id) u16 | 8 random bytes | id | record.
+_MEMBER = struct.Struct(">IH8s")
+
+# Each script touches only keys of one queue (one hash tag), so it runs on a cluster.
+_ACK = "if redis.pcall('XACK', KEYS[1], '@G', ARGV[1]) ~= 1 then return 0 end\n"
+_SCRIPTS = {
+    # KEYS stream, delayed, state...; ARGV max_depth, ttl_ms, state, record...
+    "enqueue": """
+local depth = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+local max, out = tonumber(ARGV[1]), {}
+for i = 3, #KEYS do
+  if depth >= max then out[#out + 1] = 0 else
+    out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'r', ARGV[i + 1], 'a', '0')
+    redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2])
+    depth = depth + 1
+  end
+end
+return out""",
+    # KEYS stream, result, state; ARGV entry, result|'', ttl_ms, state, reply_to, id
+    "complete": _ACK
+    + """redis.call('XDEL', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[3])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+return 1""",
+    # KEYS stream, dlq, result, state; ARGV entry, r, error, attempts, dead_at,
+    # result|'', ttl_ms, state|'', reply_to, id
+    "dead": _ACK
+    + """redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'r', ARGV[2], 'error', ARGV[3], 'attempts', ARGV[4],
+  'dead_at', ARGV[5], 'entry', ARGV[1])
+if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[7]) end
+if ARGV[9] ~= '' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
+return 1""",
+    # KEYS stream, delayed, state; ARGV entry, due_at, member, state, ttl_ms
+    "retry": _ACK
+    + """redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+return 1""",
+    # KEYS stream, delayed; ARGV now, limit, state key prefix, ttl_ms
+    "promote": """
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(due) do
+  local attempt, idlen = struct.unpack('>I4I2', m)
+  local a = string.format('%d', attempt)
+  redis.call('XADD', KEYS[1], '*', 'r', string.sub(m, 15 + idlen), 'a', a)
+  redis.call('SET', ARGV[3] .. string.sub(m, 15, 14 + idlen),
+    '{"s":"queued","a":' .. a .. '}', 'PX', ARGV[4])
+  redis.call('ZREM', KEYS[2], m)
+end
+return #due""",
+    # KEYS state...; ARGV state..., ttl_ms. Never overwrites a final state (a late
+    # reclaim racing a complete).
+    "processing": """
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if not cur or not (string.find(cur, '"s":"done"', 1, true)
+      or string.find(cur, '"s":"dead"', 1, true)) then
+    redis.call('SET', KEYS[i], ARGV[i], 'PX', ARGV[#ARGV])
+  end
+end
+return 1""",
+    # KEYS stream; ARGV consumer, entry... Resets idle time of entries we still own.
+    "touch": """
+local n = 0
+for i = 2, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], '@G', ARGV[i], ARGV[i], 1, ARGV[1]) > 0 then
+    redis.call('XCLAIM', KEYS[1], '@G', ARGV[1], 0, ARGV[i], 'JUSTID')
+    n = n + 1
+  end
+end
+return n""",
+    # KEYS dlq, stream, result, state; ARGV dlq entry, state, ttl_ms
+    "replay": """
+local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #e == 0 then return 0 end
+local f, r = e[1][2], nil
+for i = 1, #f, 2 do if f[i] == 'r' then r = f[i + 1] end end
+if not r then return 0 end
+redis.call('XADD', KEYS[2], '*', 'r', r, 'a', '0')
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3])
+return 1""",
+    "purge": "local n = redis.call('XLEN', KEYS[1]) redis.call('DEL', KEYS[1]) return n",
+}
+
+
+@contextlib.contextmanager
+def _errors(op: str) -> Iterator[None]:
+    """Turn every Redis/socket failure into QueueUnavailable."""
+    try:
+        yield
+    except QueueError:
+        raise
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise QueueUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _state(status: Status, attempts: int = 0, error: str | None = None) -> bytes:
+    state: dict[str, Any] = {"s": status.value, "a": attempts}
+    if error is not None:
+        state["e"] = error
+    return orjson.dumps(state)
+
+
+_QUEUED = _state(Status.QUEUED)
+
+
+@dataclass(frozen=True, slots=True)
+class _Clients:
+    main: Any  # short commands, bounded socket timeout
+    blocking: Any  # XREADGROUP BLOCK and pub/sub: no socket timeout
+    extra: tuple[Any, ...] = ()  # closed with the rest (sentinel connections)
+
+
+def _connect(url: str, connect_timeout_s: float, command_timeout_s: float) -> _Clients:
+    def opts(socket_timeout: float | None) -> dict[str, Any]:
+        # RESP2 for stable reply shapes; one immediate retry on a broken connection
+        # (a pooled socket Redis closed on restart), never a backoff loop.
+        return {
+            "socket_connect_timeout": connect_timeout_s,
+            "socket_timeout": socket_timeout,
+            "protocol": 2,
+            "retry": Retry(NoBackoff(), 1, (RedisConnectionError,)),
+        }
+
+    scheme, _, rest = url.partition("://")
+    if scheme in ("redis", "rediss", "unix"):
+        main = Redis.from_url(url, **opts(command_timeout_s))
+        return _Clients(main, Redis.from_url(url, **opts(None)))
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        base = f"{scheme.partition('+')[0]}://{rest}"
+        main = RedisCluster.from_url(base, **opts(command_timeout_s))
+        return _Clients(main, RedisCluster.from_url(base, **opts(None)))
+    if scheme == "redis+sentinel":
+        hosts, master, master_opts = parse_sentinel_url(url)
+        sentinel = Sentinel(
+            hosts, socket_connect_timeout=connect_timeout_s, socket_timeout=command_timeout_s
+        )
+        main = sentinel.master_for(master, **master_opts, **opts(command_timeout_s))
+        blocking = sentinel.master_for(master, **master_opts, **opts(None))
+        return _Clients(main, blocking, tuple(sentinel.sentinels))
+    raise ValueError(f"unsupported Redis URL scheme {scheme!r} in {url!r}")
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port]/master[/db]``.
+
+    Returns the sentinel addresses, the master name and the master's connection
+    options (the password authenticates to the master, not to the sentinels).
+    """
+    rest = url.partition("://")[2].split("?", 1)[0]
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    options: dict[str, Any] = {}
+    if at:
+        user, _, password = userinfo.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if password:
+            options["password"] = unquote(password)
+    hosts = []
+    for item in filter(None, hostlist.split(",")):
+        host, colon, port = item.rpartition(":")
+        hosts.append((host.strip("[]"), int(port)) if colon else (item, 26379))
+    parts = [unquote(p) for p in path.split("/") if p]
+    if not hosts or not parts:
+        raise ValueError(f"redis+sentinel URL needs sentinel hosts and a master name: {url!r}")
+    options["db"] = int(parts[1]) if len(parts) > 1 else 0
+    return hosts, parts[0], options
+
+
+class RedisQueue(Queue):
+    def __init__(
+        self,
+        url: str,
+        name: str = "default",
+        *,
+        max_depth: int = 0,
+        result_ttl_s: float = 86400.0,
+        instance_id: str | None = None,
+        connect_timeout_s: float = 1.0,
+        command_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.keys = QueueKeys(name)
+        self.instance_id = instance_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        )
+        self._max_depth = max_depth
+        self._ttl_ms = max(1, round(result_ttl_s * 1000))
+        self._timeout = command_timeout_s
+        self._now = clock
+        self._clients = _connect(url, connect_timeout_s, command_timeout_s)
+        self._redis = self._clients.main
+        self._scripts = {
+            name: self._redis.register_script(src.replace("@G", GROUP))
+            for name, src in _SCRIPTS.items()
+        }
+        self._batch: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._cursor = "0-0"
+        self._closed = False
+        #: Round trips the enqueue flusher made (one per batch of enqueue calls).
+        self.batches_sent = 0
+        #: Reply notifications received on ``reply_channel``.
+        self.notifications = 0
+
+    @property
+    def reply_channel(self) -> str:
+        return self.keys.reply_channel(self.instance_id)
+
+    async def start(self) -> None:
+        """Create the consumer group (idempotent). QueueUnavailable when Redis is down."""
+        with _errors("start"):
+            await self._create_group()
+
+    async def _create_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _grouped(self, op: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``call``; on NOGROUP (Redis restarted empty) create the group and retry once."""
+        with _errors(op):
+            try:
+                return await call()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._create_group()
+                return await call()
+
+    async def _script(self, op: str, name: str, keys: list[Any], args: list[Any]) -> Any:
+        with _errors(op):
+            return await self._scripts[name](keys=keys, args=args)
+
+    # --- proxy side ---------------------------------------------------------
+    async def enqueue(self, record: RequestRecord) -> None:
+        """Queue ``record``; calls made in one event-loop turn share one round trip."""
+        if self._closed:
+            raise QueueUnavailable("queue closed")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.append((record.id, encode_request(record), future))
+        if self._flusher is None:
+            # Runs after every callback already ready in this loop turn has enqueued.
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        """The single flusher: one batch in flight; calls meanwhile wait for the next."""
+        try:
+            while self._batch:
+                batch, self._batch = self._batch[:_MAX_BATCH], self._batch[_MAX_BATCH:]
+                await self._send(batch)
+        finally:
+            self._flusher = None
+
+    async def _send(self, batch: list[tuple[str, bytes, asyncio.Future[None]]]) -> None:
+        self.batches_sent += 1
+        stream = self.keys.stream
+        try:
+            with _errors("enqueue"):
+                if self._max_depth > 0:
+                    # Exact bound: depth (XLEN + ZCARD delayed) is checked per record
+                    # inside one script per batch; still one round trip.
+                    keys = [stream, self.keys.delayed, *(self.keys.state(i) for i, _, _ in batch)]
+                    args = [self._max_depth, self._ttl_ms, _QUEUED, *(d for _, d, _ in batch)]
+                    replies = await self._scripts["enqueue"](keys=keys, args=args)
+                else:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for request_id, data, _ in batch:
+                        pipe.xadd(stream, {"r": data, "a": 0})
+                        pipe.set(self.keys.state(request_id), _QUEUED, px=self._ttl_ms)
+                    replies = (await pipe.execute(raise_on_error=False))[::2]
+        except QueueError as exc:
+            self._fail(batch, str(exc))
+            return
+        except BaseException as exc:  # cancelled by close(), or a bug: never strand callers
+            self._fail(batch, f"enqueue aborted: {exc!r}")
+            raise
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue  # the caller went away; the entry is queued regardless
+            if isinstance(reply, Exception):
+                future.set_exception(QueueUnavailable(f"redis refused XADD: {reply}"))
+            elif not reply:
+                future.set_exception(QueueFull(f"queue {self.name!r} holds {self._max_depth}"))
+            else:
+                future.set_result(None)
+
+    @staticmethod
+    def _fail(batch: list[tuple[str, bytes, asyncio.Future[None]]], message: str) -> None:
+        for _, _, future in batch:
+            if not future.done():
+                future.set_exception(QueueUnavailable(message))
+
+    async def state(self, request_id: str) -> RequestState | None:
+        with _errors("state"):
+            raw = await self._redis.get(self.keys.state(request_id))
+        if raw is None:
+            return None
+        try:
+            state = orjson.loads(raw)
+            return RequestState(Status(state["s"]), state.get("a", 0), state.get("e"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("unreadable state for request %s: %r", request_id, raw[:100])
+            return None
+
+    async def fetch_result(self, request_id: str) -> ResponseRecord | None:
+        with _errors("fetch_result"):
+            raw = await self._redis.get(self.keys.result(request_id))
+        return None if raw is None else decode_response(raw)
+
+    async def wait_result(self, request_id: str, timeout_s: float) -> ResponseRecord | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if self._listener is None and not self._closed:
+            self._listener = asyncio.create_task(self._listen())
+        waiters = self._waiters.setdefault(request_id, set())
+        future: asyncio.Future[None] = loop.create_future()
+        waiters.add(future)
+        interval = 0.25
+        try:
+            while not self._closed:
+                try:  # also covers a notification sent before we registered
+                    result = await self.fetch_result(request_id)
+                except QueueUnavailable as exc:
+                    log.debug("wait_result poll of %s: %s", request_id, exc)
+                    result = None
+                if result is not None:
+                    return result
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                # Poll as a fallback, so a lost notification never strands the waiter.
+                await asyncio.wait((future,), timeout=min(interval, remaining))
+                interval = min(interval * 2, 1.0)
+                if future.done():
+                    waiters.discard(future)
+                    future = loop.create_future()
+                    waiters.add(future)
+            return None
+        finally:
+            waiters.discard(future)
+            if not waiters and self._waiters.get(request_id) is waiters:
+                del self._waiters[request_id]
+
+    async def _listen(self) -> None:
+        """The one reply-channel subscription; resubscribes with backoff after failures."""
+        backoff = 0.1
+        while not self._closed:
+            pubsub = self._clients.blocking.pubsub()
+            try:
+                await pubsub.subscribe(self.reply_channel)
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                    if message is not None and message["type"] == "message":
+                        self._notify(_s(message["data"]))
+            except Exception as exc:  # the listener must survive anything
+                log.warning("reply channel %s lost (%s); resubscribing", self.reply_channel, exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _notify(self, request_id: str) -> None:
+        self.notifications += 1
+        for future in self._waiters.get(request_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    # --- worker side --------------------------------------------------------
+    async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:
+        options: dict[str, Any] = {"count": count}
+        if block_s > 0:  # BLOCK 0 would wait forever
+            options["block"] = max(1, round(block_s * 1000))
+        streams = {self.keys.stream: ">"}
+
+        async def read() -> Any:
+            call = self._clients.blocking.xreadgroup(GROUP, consumer, streams, **options)
+            return await asyncio.wait_for(call, max(block_s, 0) + self._timeout)
+
+        reply = await self._grouped("claim", read)
+        return await self._deliver(reply[0][1] if reply else [], {}, 1)
+
+    async def reclaim(self, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
+        stream, idle_ms = self.keys.stream, max(0, round(min_idle_s * 1000))
+
+        async def autoclaim() -> Any:
+            return await self._redis.xautoclaim(
+                stream, GROUP, consumer, idle_ms, start_id=self._cursor, count=count
+            )
+
+        reply = await self._grouped("reclaim", autoclaim)
+        self._cursor = _s(reply[0])  # entries deleted meanwhile (reply[2]) are dropped
+        entries = [(i, f) for i, f in reply[1] if f is not None]
+        if not entries:
+            return []
+        with _errors("reclaim"):
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id, _ in entries:
+                pipe.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+            pending = await pipe.execute()
+        counts = {_s(p[0]["message_id"]): int(p[0]["times_delivered"]) for p in pending if p}
+        return await self._deliver(entries, counts, 2)
+
+    async def _deliver(
+        self, entries: list[Any], counts: dict[str, int], default: int
+    ) -> list[Delivery]:
+        deliveries: list[Delivery] = []
+        for raw_id, fields in entries:
+            entry_id, raw = _s(raw_id), fields.get(b"r", b"")
+            try:
+                record, attempt = decode_request(raw), int(fields.get(b"a", b"0"))
+            except ValueError as exc:  # EnvelopeError included
+                log.error("dead-lettering corrupt entry %s of %s: %s", entry_id, self.name, exc)
+                with contextlib.suppress(QueueUnavailable):  # else reclaimed and retried
+                    await self._dead(entry_id, raw, f"corrupt entry: {exc}", 0, None, b"")
+                continue
+            deliveries.append(Delivery(entry_id, record, counts.get(entry_id, default), attempt))
+        if deliveries:
+            keys = [self.keys.state(d.record.id) for d in deliveries]
+            states = [_state(Status.PROCESSING, d.attempt) for d in deliveries]
+            try:  # best effort: the entries are ours whether or not this lands
+                await self._script("claim", "processing", keys, [*states, self._ttl_ms])
+            except QueueUnavailable as exc:
+                log.warning("could not mark %d requests processing: %s", len(keys), exc)
+        return deliveries
+
+    async def touch(self, consumer: str, entry_ids: list[str]) -> None:
+        if entry_ids:
+            script = self._scripts["touch"]
+            await self._grouped(
+                "touch", lambda: script(keys=[self.keys.stream], args=[consumer, *entry_ids])
+            )
+
+    async def complete(self, delivery: Delivery, response: ResponseRecord) -> None:
+        record = delivery.record
+        result = b"" if record.mode == "fire" else encode_response(response)
+        state = _state(Status.DONE, response.attempts, response.error)
+        keys = [self.keys.stream, self.keys.result(record.id), self.keys.state(record.id)]
+        args = [delivery.entry_id, result, self._ttl_ms, state, record.reply_to, record.id]
+        await self._script("complete", "complete", keys, args)
+
+    async def retry_later(self, delivery: Delivery, due_at: float, error: str) -> None:
+        record, attempt = delivery.record, delivery.attempt + 1
+        request_id = record.id.encode()
+        member = _MEMBER.pack(attempt, len(request_id), secrets.token_bytes(8))
+        member += request_id + encode_request(record)
+        state = _state(Status.RETRYING, attempt, error)
+        keys = [self.keys.stream, self.keys.delayed, self.keys.state(record.id)]
+        args = [delivery.entry_id, repr(float(due_at)), member, state, self._ttl_ms]
+        await self._script("retry_later", "retry", keys, args)
+
+    async def promote_due(self, now: float) -> int:
+        keys = [self.keys.stream, self.keys.delayed]
+        args = [repr(float(now)), _PROMOTE_LIMIT, self.keys.state(""), self._ttl_ms]
+        return int(await self._script("promote_due", "promote", keys, args))
+
+    async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
+        record = delivery.record
+        result = b""
+        if record.mode != "fire":
+            response = error_response(502, error, attempts=attempts, now=self._now())
+            result = encode_response(response)
+        raw = encode_request(record)
+        await self._dead(delivery.entry_id, raw, error, attempts, record, result)
+
+    async def _dead(
+        self,
+        entry_id: str,
+        raw: bytes,
+        error: str,
+        attempts: int,
+        record: RequestRecord | None,
+        result: bytes,
+    ) -> None:
+        request_id = record.id if record is not None else ""
+        state = _state(Status.DEAD, attempts, error) if record is not None else b""
+        reply_to = record.reply_to if record is not None else ""
+        keys = [
+            self.keys.stream,
+            self.keys.dlq,
+            self.keys.result(request_id),
+            self.keys.state(request_id),
+        ]
+        args = [entry_id, raw, error, attempts, repr(float(self._now())), result, self._ttl_ms]
+        await self._script("dead_letter", "dead", keys, [*args, state, reply_to, request_id])
+
+    async def release(self, consumer: str) -> None:
+        stream = self.keys.stream
+
+        async def run() -> None:
+            held = await self._redis.xpending_range(
+                stream, GROUP, min="-", max="+", count=1, consumername=consumer
+            )
+            if not held:
+                await self._redis.xgroup_delconsumer(stream, GROUP, consumer)
+
+        await self._grouped("release", run)
+
+    # --- admin --------------------------------------------------------------
+    async def depth(self) -> int:
+        with _errors("depth"):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xlen(self.keys.stream)
+            pipe.zcard(self.keys.delayed)
+            waiting, delayed = await pipe.execute()
+        return int(waiting) + int(delayed)
+
+    @staticmethod
+    def _letter(raw_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
+        raw = fields.get(b"r", b"")
+        try:
+            record = decode_request(raw)
+        except ValueError:
+            record = RequestRecord(id="", method=b"", target=b"", headers=(), body=raw)
+        return DeadLetter(
+            entry_id=_s(raw_id),
+            record=record,
+            error=_s(fields.get(b"error", b"")),
+            attempts=int(fields.get(b"attempts", b"0")),
+            dead_at=float(fields.get(b"dead_at", b"0")),
+        )
+
+    async def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+        with _errors("dead_letters"):
+            entries = await self._redis.xrange(self.keys.dlq, "-", "+", count=count)
+        return [self._letter(i, f) for i, f in entries if f is not None]
+
+    async def dead_letter_get(self, entry_id: str) -> DeadLetter | None:
+        if not _ENTRY_ID.fullmatch(entry_id):
+            return None
+        with _errors("dead_letter_get"):
+            entries = await self._redis.xrange(self.keys.dlq, entry_id, entry_id, count=1)
+        return self._letter(*entries[0]) if entries and entries[0][1] is not None else None
+
+    async def replay_dead_letter(self, entry_id: str) -> bool:
+        letter = await self.dead_letter_get(entry_id)
+        if letter is None or not letter.record.id:
+            return False  # unknown, or a corrupt entry that cannot be replayed
+        request_id = letter.record.id
+        keys = [
+            self.keys.dlq,
+            self.keys.stream,
+            self.keys.result(request_id),
+            self.keys.state(request_id),
+        ]
+        args = [letter.entry_id, _QUEUED, self._ttl_ms]
+        return bool(await self._script("replay_dead_letter", "replay", keys, args))
+
+    async def purge_dead_letters(self) -> int:
+        return int(await self._script("purge_dead_letters", "purge", [self.keys.dlq], []))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), self._timeout))
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        flusher = self._flusher
+        if flusher is not None:  # let the batch in flight land
+            await asyncio.wait((flusher,), timeout=self._timeout)
+            flusher.cancel()
+            await asyncio.wait((flusher,))
+        self._fail(self._batch, "queue closed")
+        self._batch.clear()
+        for waiters in self._waiters.values():
+            for future in waiters:
+                future.cancel()
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.wait((self._listener,))
+        for client in (self._clients.main, self._clients.blocking, *self._clients.extra):
+            with contextlib.suppress(Exception):
+                await client.aclose()
