@@ -86,6 +86,7 @@ class HttpProtocol(asyncio.Protocol):
         self._timer_phase: Phase | None = None
         self._write_paused = False
         self._read_paused = False
+        self._lingering = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # --- transport callbacks ------------------------------------------------
@@ -99,10 +100,15 @@ class HttpProtocol(asyncio.Protocol):
         self._process()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the rest of a refused request: read and dropped
         self._conn.receive_data(data)
         self._process()
 
     def eof_received(self) -> bool:
+        if self._lingering:
+            self._close()
+            return False
         self._conn.receive_data(b"")
         self._process()
         return True  # keep the write side open until our answer is out
@@ -134,7 +140,10 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(event, RequestReceived):
             self._cancel_timer()
             self._task = asyncio.get_running_loop().create_task(self._respond(event))
-        elif isinstance(event, Rejected | PeerClosed):
+        elif isinstance(event, Rejected):
+            self._linger()
+            return
+        elif isinstance(event, PeerClosed):
             self._close()
             return
         self._update_reading()
@@ -161,7 +170,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- flow control and timers ----------------------------------------------
     def _update_reading(self) -> None:
-        if self._transport is None or self._transport.is_closing():
+        if self._transport is None or self._transport.is_closing() or self._lingering:
             return
         should_pause = self._write_paused or self._task is not None
         if should_pause and not self._read_paused:
@@ -193,14 +202,34 @@ class HttpProtocol(asyncio.Protocol):
 
     def _on_timeout(self) -> None:
         self._timer = None
-        if self._transport is None or self._task is not None:
+        if self._transport is None or self._task is not None or self._lingering:
+            self._close()
             return
-        if self._conn.phase is not Phase.IDLE:
+        if self._conn.phase is Phase.IDLE:
+            self._close()
+        else:
             self._conn.time_out()
             self._transport.write(self._conn.data_to_send())
-        self._close()
+            self._linger()
 
     # --- closing --------------------------------------------------------------
+    def _linger(self) -> None:
+        """Half-close after an error answer; drain input until EOF or the linger timeout."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._lingering = True
+        self._cancel_timer()
+        if not transport.can_write_eof():
+            self._close()
+            return
+        transport.write_eof()
+        self._write_paused = False
+        if self._read_paused:
+            transport.resume_reading()
+            self._read_paused = False
+        self._timer = self._clock.call_later(self._limits.linger_timeout_s, self._close)
+
     def close_if_idle(self) -> None:
         if self._task is None:
             self._close()

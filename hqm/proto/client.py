@@ -22,9 +22,15 @@ class ClientConnection:
     def send_request(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> bytes:
-        """Bytes of one complete request. Raises ProtocolError (400) if h11 refuses it."""
+        """Bytes of one complete request. Raises ProtocolError (400) if h11 refuses it.
+
+        h11 validates the request and tracks the exchange, but its writer moves Host to
+        the front; the head is written here instead, headers in the order given.
+        """
         try:
-            out = [self._h11.send(h11.Request(method=method, target=target, headers=headers))]
+            self._h11.send(h11.Request(method=method, target=target, headers=headers))
+            lines = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+            out = [b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, lines)]
             if body:
                 out.append(self._h11.send(h11.Data(data=body)))
             out.append(self._h11.send(h11.EndOfMessage()))

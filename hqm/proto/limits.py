@@ -33,6 +33,10 @@ MAX_WAIT_S = 60.0
 RETRY_AFTER_S = 1
 #: Bytes queued for a client before we stop reading from it (writes back up).
 WRITE_HIGH_WATER = 256 * KIB
+#: After an error answer, how long the rest of a request is read and discarded before
+#: closing (nginx's "lingering close"): closing with unread input sends a TCP RST,
+#: which can destroy the error answer before the client reads it.
+LINGER_TIMEOUT_S = 2.0
 #: Upstream connect timeout; a local app that does not accept in 5 s is down.
 CONNECT_TIMEOUT_S = 5.0
 #: Upstream response timeout, first byte to last.
@@ -55,3 +59,4 @@ class Limits:
     body_timeout_s: float = BODY_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
     write_high_water: int = WRITE_HIGH_WATER
+    linger_timeout_s: float = LINGER_TIMEOUT_S

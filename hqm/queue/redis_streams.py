@@ -428,8 +428,10 @@ class RedisQueue(Queue):
         """The one reply-channel subscription; resubscribes with backoff after failures."""
         backoff = 0.1
         while not self._closed:
-            pubsub = self._clients.blocking.pubsub()
+            client = self._clients.blocking
+            pubsub = client.pubsub()
             try:
+                await client.initialize()  # a cluster client must know its slots first
                 await pubsub.subscribe(self.reply_channel)
                 backoff = 0.1
                 while True:
