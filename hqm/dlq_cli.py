@@ -11,6 +11,20 @@ import orjson
 from hqm.queue.base import DeadLetter, Queue, QueueError
 
 
+#: URL schemes the Redis backend connects to (hqm.queue.redis_streams).
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
+
+
+def check_redis_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: refuse a --redis URL no backend speaks, before anything connects."""
+    if value is not None and value.partition("://")[0] not in REDIS_SCHEMES or value == "":
+        raise click.BadParameter(
+            f"expected redis://[:PASSWORD@]HOST:PORT/DB (or {', '.join(REDIS_SCHEMES[1:])}), "
+            f"got {value!r}"
+        )
+    return value
+
+
 def _open(redis_url: str, queue: str) -> Queue:
     from hqm.queue.redis_streams import RedisQueue
 
@@ -42,7 +56,10 @@ def _when(ts: float) -> str:
 
 def _run(redis_url: str, queue: str, action):
     async def main():
-        q = _open(redis_url, queue)
+        try:
+            q = _open(redis_url, queue)
+        except ValueError as exc:  # a URL redis-py cannot use (bad port, sentinel path)
+            raise click.BadParameter(str(exc), param_hint="'--redis'") from None
         try:
             return await action(q)
         finally:
@@ -55,7 +72,13 @@ def _run(redis_url: str, queue: str, action):
 
 
 _options = [
-    click.option("--redis", "redis_url", required=True, help="redis:// URL of the queue."),
+    click.option(
+        "--redis",
+        "redis_url",
+        required=True,
+        callback=check_redis_url,
+        help="redis:// URL of the queue.",
+    ),
     click.option("--queue", default="default", show_default=True),
 ]
 

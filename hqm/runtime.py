@@ -203,6 +203,11 @@ async def run_worker(
     task = asyncio.get_running_loop().create_task(worker.run())
     stopper = asyncio.get_running_loop().create_task(stop.wait())
     await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        log.info(
+            "draining",
+            extra={"in_flight": worker.in_flight, "timeout_s": run.worker.drain_timeout_s},
+        )
     worker.stop()
     await task
     stopper.cancel()

@@ -165,7 +165,11 @@ class ServerConnection:
                 self._body_size = 0
                 if self._h11.they_are_waiting_for_100_continue:
                     self._out.append(
-                        self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+                        self._h11.send(
+                            h11.InformationalResponse(
+                                status_code=100, headers=[], reason=b"Continue"
+                            )
+                        )
                     )
             elif isinstance(event, h11.Data):
                 self._body_size += len(event.data)

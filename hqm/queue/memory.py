@@ -159,8 +159,8 @@ class MemoryQueue(Queue):
     async def complete(self, delivery: Delivery, response: ResponseRecord) -> None:
         if delivery.entry_id not in self._entries:
             return  # already acknowledged by whoever reclaimed it
-        if delivery.record.mode == "fire":
-            self._states.pop(delivery.record.id, None)
+        if delivery.record.mode == "fire":  # no result kept
+            self._set_state(delivery.record.id, RequestState(Status.DONE, response.attempts))
         else:
             self._store_result(delivery.record.id, response, Status.DONE)
         self._ack(delivery.entry_id)
@@ -201,7 +201,9 @@ class MemoryQueue(Queue):
         now = self._now()
         record = delivery.record
         self._dlq[delivery.entry_id] = DeadLetter(delivery.entry_id, record, error, attempts, now)
-        if record.mode != "fire":
+        if record.mode == "fire":
+            self._set_state(record.id, RequestState(Status.DEAD, attempts, error))
+        else:
             response = error_response(502, error, attempts=attempts, now=now)
             self._store_result(record.id, response, Status.DEAD)
         self._ack(delivery.entry_id)
