@@ -18,7 +18,7 @@ from hqm.config import (
     parse_listen,
     parse_upstream,
 )
-from hqm.dlq_cli import dlq
+from hqm.dlq_cli import check_redis_url, dlq
 from hqm.logs import setup as setup_logging
 from hqm.proto import limits as L
 from hqm.proto.limits import Limits
@@ -35,6 +35,8 @@ def _run(coro) -> None:
         runner(coro)
     except OSError as exc:  # e.g. a port already in use
         raise click.ClickException(f"cannot start: {exc.strerror or exc}") from None
+    except ConfigError as exc:  # found while starting, e.g. a --redis URL redis-py refuses
+        raise click.UsageError(str(exc)) from None
 
 
 def _settings(build):
@@ -135,7 +137,13 @@ def main() -> None:
 @main.command()
 @click.option("--listen", default=":8000", help="Where clients connect: :PORT or HOST:PORT.")
 @click.option("--admin", default="127.0.0.1:9090", help="/metrics, /healthz, /readyz listener.")
-@click.option("--redis", "redis_url", default=None, help="redis:// URL; none = embedded queue.")
+@click.option(
+    "--redis",
+    "redis_url",
+    default=None,
+    callback=check_redis_url,
+    help="redis:// URL; none = embedded queue.",
+)
 @click.option("--mode", type=click.Choice(REPLY_MODES), default="async", help="Reply mode.")
 @click.option("--wait", "wait_s", type=float, default=L.WAIT_S, help="Wait-mode hold, seconds.")
 @click.option("--max-wait", type=float, default=L.MAX_WAIT_S, help="Cap on Prefer: wait=N.")
@@ -189,7 +197,13 @@ def _default_consumer() -> str:
 
 
 @main.command()
-@click.option("--redis", "redis_url", required=True, help="redis:// URL of the queue.")
+@click.option(
+    "--redis",
+    "redis_url",
+    required=True,
+    callback=check_redis_url,
+    help="redis:// URL of the queue.",
+)
 @click.option("--consumer", default=None, help="Consumer name; default HOST-PID.")
 @click.option("--admin", default="127.0.0.1:9091", help="/metrics, /healthz, /readyz listener.")
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty (tests, batch jobs).")

@@ -10,14 +10,15 @@ import orjson
 
 from hqm.queue.base import DeadLetter, Queue, QueueError
 
-
 #: URL schemes the Redis backend connects to (hqm.queue.redis_streams).
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 
 
 def check_redis_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback: refuse a --redis URL no backend speaks, before anything connects."""
-    if value is not None and value.partition("://")[0] not in REDIS_SCHEMES or value == "":
+    if value is None or (value == "" and not param.required):
+        return None  # the proxy without --redis (or HQM_PROXY_REDIS=""): embedded queue
+    if "://" not in value or value.partition("://")[0] not in REDIS_SCHEMES:
         raise click.BadParameter(
             f"expected redis://[:PASSWORD@]HOST:PORT/DB (or {', '.join(REDIS_SCHEMES[1:])}), "
             f"got {value!r}"
@@ -137,6 +138,8 @@ def show(redis_url: str, queue: str, entry: str, as_json: bool) -> None:
             click.echo("headers:")
             for name, val in value:
                 click.echo(f"  {name}: {val}")
+        elif key in ("dead_at", "received_at"):
+            click.echo(f"{key}: {_when(value)} UTC ({value:.3f})")
         else:
             click.echo(f"{key}: {value}")
 

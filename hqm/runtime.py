@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from hqm.admin import AdminHandler
 from hqm.clock import Clock
-from hqm.config import Address, ProxySettings, WorkerSettings
+from hqm.config import Address, ConfigError, ProxySettings, WorkerSettings
 from hqm.http_server import ConnectionTracker, serve
 from hqm.metrics import ProxyMetrics, WorkerMetrics
 from hqm.proto.limits import Limits
@@ -51,7 +51,10 @@ async def open_queue(
         return MemoryQueue(name, max_depth=max_depth, result_ttl_s=result_ttl_s)
     from hqm.queue.redis_streams import RedisQueue
 
-    queue = RedisQueue(redis_url, name, max_depth=max_depth, result_ttl_s=result_ttl_s)
+    try:
+        queue = RedisQueue(redis_url, name, max_depth=max_depth, result_ttl_s=result_ttl_s)
+    except ValueError as exc:  # a URL redis-py cannot use: a usage error, not a crash
+        raise ConfigError(f"--redis: {exc}") from None
     try:
         await queue.start()
     except QueueUnavailable as exc:

@@ -89,7 +89,9 @@ class Worker:
             return True
         deliveries = await self._maintain(free)
         if not deliveries:
-            block = 0.05 if self._settings.burst else self._settings.claim_block_s
+            # Never block past the maintenance period: claims on in-flight entries must be
+            # renewed well within the visibility timeout, or a slow request is redelivered.
+            block = 0.05 if self._settings.burst else self._block_s
             deliveries = await self._queue.claim(self._settings.consumer, free, block)
         if not deliveries and self._settings.burst and not self._tasks:
             if await self._queue.depth() == 0:
@@ -103,19 +105,26 @@ class Worker:
         stop = asyncio.ensure_future(self._stopping.wait())
         freed = asyncio.ensure_future(self._slot_freed.wait())
         try:
-            await asyncio.wait(
-                [stop, freed], timeout=self._settings.claim_block_s, return_when="FIRST_COMPLETED"
-            )
+            await asyncio.wait([stop, freed], timeout=self._block_s, return_when="FIRST_COMPLETED")
         finally:
             stop.cancel()
             freed.cancel()
         await self._maintain(0)
 
+    @property
+    def _period_s(self) -> float:
+        """Maintenance period: a third of the visibility timeout, at most 1 s."""
+        return min(1.0, self._settings.visibility_timeout_s / 3)
+
+    @property
+    def _block_s(self) -> float:
+        """Longest one wait (claim or free slot) may last before maintenance runs again."""
+        return min(self._settings.claim_block_s, self._period_s)
+
     async def _maintain(self, free: int) -> list[Delivery]:
         """Periodic work: due retries back in, claims renewed, dead consumers' entries taken."""
         now = time.monotonic()
-        period = min(1.0, self._settings.visibility_timeout_s / 3)
-        if now - self._last_maintenance < period:
+        if now - self._last_maintenance < self._period_s:
             return []
         self._last_maintenance = now
         await self._queue.promote_due(self._now())
@@ -206,7 +215,8 @@ class Worker:
 
     async def _retry_or_give_up(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
         if attempt >= self._settings.max_attempts:
-            error = f"{failure.error}; gave up after {attempt} attempts"
+            tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
+            error = f"{failure.error}; gave up after {tries}"
             await self._dead_letter(delivery, error, attempt)
         else:
             await self._retry(delivery, failure, attempt)

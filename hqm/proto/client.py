@@ -84,7 +84,13 @@ class ClientConnection:
 
     @property
     def reusable(self) -> bool:
-        return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+        """Another exchange may follow; never with unread bytes after the response
+        (they would be taken for the next response: a desync)."""
+        return (
+            self._h11.our_state is h11.DONE
+            and self._h11.their_state is h11.DONE
+            and not self._h11.trailing_data[0]
+        )
 
     def start_next_cycle(self) -> None:
         self._h11.start_next_cycle()

@@ -5,8 +5,9 @@
   no percent-decoding);
 - every header line in its original order, header names in their original case,
   repeated headers repeated; values as h11 yields them, that is with surrounding
-  whitespace trimmed (obs-fold is refused by h11); h11 folds identical duplicate
-  Content-Length lines into one, and differing ones are refused;
+  whitespace trimmed (h11 unfolds an obs-fold continuation line into one value);
+  h11 folds identical duplicate Content-Length lines into one, and differing ones are
+  refused;
 - the body bytes exactly. A chunked body is stored de-chunked (trailers dropped) and
   is replayed with a Content-Length; hop-by-hop headers are kept in the record and
   removed when the request is replayed (``hqm.proto.headers``).
@@ -16,8 +17,9 @@ Wire format, version 1 (binary-safe, no pickle, no base64)::
 
     b"HQM" | version:u8 | kind:u8 | head_length:u32be | head (JSON) | body (raw bytes)
 
-The JSON head holds the metadata; header bytes travel as latin-1 strings, which maps
-every byte 0-255 to one code point and back, so any header h11 accepts round-trips.
+The JSON head holds the metadata and the body's length (a truncated record is an
+error, not a shorter body); header bytes travel as latin-1 strings, which maps every
+byte 0-255 to one code point and back, so any header h11 accepts round-trips.
 """
 
 from __future__ import annotations
@@ -78,11 +80,21 @@ def _hdrs_out(headers: Headers) -> list[list[str]]:
     return [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
 
 
-def _hdrs_in(raw: list[list[str]]) -> Headers:
-    return tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in raw)
+def _hdrs_in(raw: object) -> Headers:
+    if not isinstance(raw, list):
+        raise EnvelopeError("record headers are not a list")
+    out = []
+    for pair in raw:
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+        ):
+            raise EnvelopeError("record header is not a [name, value] pair of strings")
+        out.append((pair[0].encode("latin-1"), pair[1].encode("latin-1")))
+    return tuple(out)
 
 
 def _pack(kind: int, head: dict, body: bytes) -> bytes:
+    head["body_len"] = len(body)
     head_bytes = orjson.dumps(head)
     return _PREFIX.pack(_MAGIC, ENVELOPE_VERSION, kind, len(head_bytes)) + head_bytes + body
 
@@ -104,7 +116,27 @@ def _unpack(data: bytes, kind: int) -> tuple[dict, bytes]:
         head = orjson.loads(data[_PREFIX.size : end])
     except orjson.JSONDecodeError as exc:
         raise EnvelopeError(f"corrupt record head: {exc}") from None
-    return head, bytes(data[end:])
+    if not isinstance(head, dict):
+        raise EnvelopeError("corrupt record head: not an object")
+    body = bytes(data[end:])
+    if head.get("body_len") != len(body):
+        raise EnvelopeError(f"body is {len(body)} bytes, record says {head.get('body_len')}")
+    return head, body
+
+
+def _field(head: dict, key: str, kind: type | tuple[type, ...]):
+    value = head[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise EnvelopeError(f"record field {key!r} has type {type(value).__name__}")
+    return value
+
+
+def _text(head: dict, key: str) -> str:
+    return _field(head, key, str)
+
+
+def _raw(head: dict, key: str) -> bytes:
+    return _field(head, key, str).encode("latin-1")
 
 
 def encode_request(record: RequestRecord) -> bytes:
@@ -128,20 +160,20 @@ def decode_request(data: bytes) -> RequestRecord:
     head, body = _unpack(data, _KIND_REQUEST)
     try:
         return RequestRecord(
-            id=head["id"],
-            method=head["method"].encode("latin-1"),
-            target=head["target"].encode("latin-1"),
+            id=_text(head, "id"),
+            method=_raw(head, "method"),
+            target=_raw(head, "target"),
             headers=_hdrs_in(head["headers"]),
             body=body,
-            http_version=head["http_version"].encode("latin-1"),
-            client=head["client"],
-            scheme=head["scheme"],
-            received_at=head["received_at"],
-            reply_to=head["reply_to"],
-            mode=head["mode"],
-            upstream=head["upstream"],
+            http_version=_raw(head, "http_version"),
+            client=_text(head, "client"),
+            scheme=_text(head, "scheme"),
+            received_at=float(_field(head, "received_at", (int, float))),
+            reply_to=_text(head, "reply_to"),
+            mode=_text(head, "mode"),
+            upstream=_text(head, "upstream"),
         )
-    except (KeyError, TypeError, AttributeError, UnicodeEncodeError) as exc:
+    except (KeyError, UnicodeEncodeError) as exc:
         raise EnvelopeError(f"malformed request record: {exc!r}") from None
 
 
@@ -161,17 +193,20 @@ def encode_response(record: ResponseRecord) -> bytes:
 def decode_response(data: bytes) -> ResponseRecord:
     head, body = _unpack(data, _KIND_RESPONSE)
     try:
+        error = head["error"]
+        if error is not None and not isinstance(error, str):
+            raise EnvelopeError("record field 'error' is not a string")
         return ResponseRecord(
-            status=head["status"],
-            reason=head["reason"].encode("latin-1"),
+            status=_field(head, "status", int),
+            reason=_raw(head, "reason"),
             headers=_hdrs_in(head["headers"]),
             body=body,
-            http_version=head["http_version"].encode("latin-1"),
-            attempts=head["attempts"],
-            completed_at=head["completed_at"],
-            error=head["error"],
+            http_version=_raw(head, "http_version"),
+            attempts=_field(head, "attempts", int),
+            completed_at=float(_field(head, "completed_at", (int, float))),
+            error=error,
         )
-    except (KeyError, TypeError, AttributeError, UnicodeEncodeError) as exc:
+    except (KeyError, UnicodeEncodeError) as exc:
         raise EnvelopeError(f"malformed response record: {exc!r}") from None
 
 

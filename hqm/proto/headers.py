@@ -37,6 +37,7 @@ def strip_hop_by_hop(headers: Iterable[Header]) -> list[Header]:
     for name, value in headers:
         if name.lower() == b"connection":
             named.update(token.strip().lower() for token in value.split(b","))
+    named.discard(b"host")  # "Connection: host" must not make a request unroutable
     drop = HOP_BY_HOP | named | {_REQUEST_ID_LOWER}
     return [(name, value) for name, value in headers if name.lower() not in drop]
 

@@ -14,7 +14,10 @@ class Preference:
 
 
 def parse_prefer(headers: Headers) -> Preference:
-    """Read ``respond-async`` and ``wait=N`` from every Prefer header; junk is ignored."""
+    """Read ``respond-async`` and ``wait=N`` from every Prefer header; junk is ignored.
+
+    Only the first ``wait`` counts (RFC 7240 section 2).
+    """
     respond_async = False
     wait: float | None = None
     for name, value in headers:
@@ -32,6 +35,6 @@ def parse_prefer(headers: Headers) -> Preference:
                     seconds = float(number.strip().strip(b'"'))
                 except ValueError:
                     continue
-                if seconds >= 0 and seconds == seconds and seconds != float("inf"):
+                if wait is None and 0 <= seconds < float("inf"):  # RFC 7240: first wins
                     wait = seconds
     return Preference(respond_async=respond_async, wait_s=wait)

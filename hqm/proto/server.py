@@ -75,7 +75,12 @@ AWAITING_RESPONSE = AwaitingResponse()
 PEER_CLOSED = PeerClosed()
 
 
+_VERSIONS = frozenset({b"1.0", b"1.1"})
+
+
 def _check_head(request: h11.Request, limits: Limits) -> None:
+    if request.http_version not in _VERSIONS:
+        raise ProtocolError("only HTTP/1.0 and HTTP/1.1 are spoken here", error_status_hint=505)
     has_te = has_cl = False
     length = 0
     # h11 bounds only a head still incomplete in its buffer; one that arrived whole in
@@ -109,6 +114,8 @@ class ServerConnection:
         self._limits = limits
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._head: RequestHead | None = None
+        #: Method of the request being answered (known before its head is accepted).
+        self._method: bytes | None = None
         self._body: list[bytes] = []
         self._body_size = 0
         self._out: list[bytes] = []
@@ -119,18 +126,15 @@ class ServerConnection:
     # --- input -------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client closed its side."""
+        if self._failed or self._eof:
+            return  # nothing after a refusal or after EOF is read
         if not data:
             self._eof = True
-        if self._failed:
-            return
-        try:
-            self._h11.receive_data(data)
-        except h11.RemoteProtocolError:  # data after EOF: nothing to do
-            self._eof = True
+        self._h11.receive_data(data)
 
     def next_event(self) -> Event:
-        if self._failed:
-            return PEER_CLOSED
+        if self._failed or self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED):
+            return PEER_CLOSED  # an answer said "close": what follows is not read
         if self._awaiting:
             return AWAITING_RESPONSE
         try:
@@ -154,6 +158,7 @@ class ServerConnection:
             if event is h11.PAUSED:
                 return AWAITING_RESPONSE
             if isinstance(event, h11.Request):
+                self._method = event.method
                 _check_head(event, self._limits)
                 self._head = RequestHead(
                     method=event.method,
@@ -207,7 +212,7 @@ class ServerConnection:
 
     @property
     def request_method(self) -> bytes | None:
-        return self._head.method if self._head else None
+        return self._method
 
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
@@ -242,6 +247,7 @@ class ServerConnection:
             return
         self._awaiting = False
         self._head = None
+        self._method = None
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
 
@@ -258,9 +264,11 @@ class ServerConnection:
         ]
         try:
             self._out.append(self._h11.send(h11.Response(status_code=status, headers=headers)))
-            self._out.append(self._h11.send(h11.Data(data=body)))
+            if self._method != b"HEAD":
+                self._out.append(self._h11.send(h11.Data(data=body)))
             self._out.append(self._h11.send(h11.EndOfMessage()))
-        except h11.LocalProtocolError:
+        except h11.LocalProtocolError:  # h11 cannot answer in its state: say it raw
+            self._out.clear()
             self._out.append(_raw_error(status, message))
         self._failed = True
         return Rejected(status, message)
