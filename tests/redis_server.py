@@ -95,6 +95,8 @@ class RedisServer:
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            # kill -9 tests need every acknowledged write on disk, not within a second
+            "--appendfsync", "always",
             "--protected-mode", "no",
             "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip

@@ -50,15 +50,16 @@ class Backend:
     """An HTTP/1.1 app on 127.0.0.1 that records every request it gets (h11-parsed).
 
     ``respond`` runs in the connection's thread and may block (to hold a request).
+    ``port`` 0 picks a free port; a fixed one brings an app up where one was down.
     """
 
-    def __init__(self, respond: Callable[[Seen], Answer] = echo_target) -> None:
+    def __init__(self, respond: Callable[[Seen], Answer] = echo_target, port: int = 0) -> None:
         self.respond = respond
         self.seen: list[Seen] = []
         self.in_flight = 0
         self.peak = 0
         self._lock = threading.Lock()
-        self._sock = socket.create_server(("127.0.0.1", 0), backlog=512)
+        self._sock = socket.create_server(("127.0.0.1", port), backlog=512)
         self.port = self._sock.getsockname()[1]
         self._closing = False
         self._threads: list[threading.Thread] = []
