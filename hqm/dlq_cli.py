@@ -158,11 +158,10 @@ def replay(redis_url: str, queue: str, entry: str | None, replay_all: bool, as_j
         if entry:
             return [entry] if await q.replay_dead_letter(entry) else []
         done: list[str] = []
-        while letters := await q.dead_letters(500):
-            batch = [le.entry_id for le in letters if await q.replay_dead_letter(le.entry_id)]
-            if not batch:
-                break  # what is left cannot be replayed; do not spin
-            done.extend(batch)
+        after = None
+        while letters := await q.dead_letters(500, after=after):
+            after = letters[-1].entry_id  # page on: unreplayable letters are skipped
+            done.extend([le.entry_id for le in letters if await q.replay_dead_letter(le.entry_id)])
         return done
 
     replayed = _run(redis_url, queue, action)

@@ -139,7 +139,8 @@ class Queue(abc.ABC):
         """Entries not yet acknowledged: waiting, in flight and scheduled for retry."""
 
     @abc.abstractmethod
-    async def dead_letters(self, count: int = 100) -> list[DeadLetter]: ...
+    async def dead_letters(self, count: int = 100, after: str | None = None) -> list[DeadLetter]:
+        """Oldest first; ``after`` an entry id to page on from (exclusive)."""
 
     @abc.abstractmethod
     async def dead_letter_get(self, entry_id: str) -> DeadLetter | None: ...

@@ -218,8 +218,12 @@ class MemoryQueue(Queue):
     async def depth(self) -> int:
         return self._depth()
 
-    async def dead_letters(self, count: int = 100) -> list[DeadLetter]:
-        return list(self._dlq.values())[:count]
+    async def dead_letters(self, count: int = 100, after: str | None = None) -> list[DeadLetter]:
+        letters = list(self._dlq.values())
+        if after is not None:
+            ids = [letter.entry_id for letter in letters]
+            letters = letters[ids.index(after) + 1 :] if after in ids else []
+        return letters[:count]
 
     async def dead_letter_get(self, entry_id: str) -> DeadLetter | None:
         return self._dlq.get(entry_id)

@@ -446,9 +446,12 @@ class RedisQueue(Queue):
             dead_at=float(fields.get(b"dead_at", b"0")),
         )
 
-    async def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+    async def dead_letters(self, count: int = 100, after: str | None = None) -> list[DeadLetter]:
+        start = f"({after}" if after else "-"
+        if after and not _ENTRY_ID.fullmatch(after):
+            return []
         with _errors("dead_letters"):
-            entries = await self._redis.xrange(self.keys.dlq, "-", "+", count=count)
+            entries = await self._redis.xrange(self.keys.dlq, start, "+", count=count)
         return [self._letter(i, f) for i, f in entries if f is not None]
 
     async def dead_letter_get(self, entry_id: str) -> DeadLetter | None:
