@@ -1,0 +1,148 @@
+"""How fast workers drain a backlog, against a bare h11 client ceiling.
+
+Per run: fresh Redis (core 1) and trivial app (bench/ceiling.py answering 200,
+core 1); N 1 KiB POSTs are queued through ``hqm proxy`` (async mode), the proxy is
+stopped, then ``hqm worker --burst`` (one, or two) on core 0 drains the stream and
+exits. msgs/s = N / (first worker ready -> last worker exited).
+
+The ceiling, in the same round: bench/h11load.py on core 0 sending N requests shaped
+like the replayed ones (1 KiB body, forwarded headers, request id) to the same app
+over the same number of keep-alive connections as one worker's --concurrency.
+
+    python bench/drain.py [--rounds 3] [-n 20000] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+
+import common as c
+from h11load import Request, closed_loop
+
+CONFIGS = ("ceiling", "1 worker", "2 workers")
+
+
+def fill(redis_url: str, app_port: int, n: int) -> float:
+    """Queue n requests through the proxy; returns the proxy's accept rate."""
+    proxy = c.start_proxy(c.SERVER_CORE, app_port, redis_url)
+    try:
+        req = Request(b"POST", b"/", [(b"Content-Type", b"text/plain")], b"x" * 1024)
+        res = asyncio.run(closed_loop(proxy.port, [req] * n, 64))
+        if res["statuses"] != {202: n}:
+            raise RuntimeError(f"fill: {res['statuses']}")
+        return res["rps"]
+    finally:
+        proxy.stop()
+
+
+def drain(workers: int, n: int, concurrency: int) -> dict:
+    redis, url = c.start_redis(c.LOAD_CORE)
+    app = c.start_app(c.LOAD_CORE, status=200)
+    try:
+        fill_rps = fill(url, app.port, n)
+        procs = [
+            c.Proc("worker", c.worker_argv(url, app.port, concurrency, burst=True), c.SERVER_CORE)
+            for _ in range(workers)
+        ]
+        for proc in procs:
+            proc.wait_log("worker started", timeout=30)
+        t0 = min(p.ready_ts for p in procs)  # as logged by the workers
+        cpu0 = {p.pid: p.cpu_s() for p in procs}
+        cpu = dict(cpu0)
+        while any(p.popen.poll() is None for p in procs):
+            for p in procs:
+                if p.popen.poll() is None:
+                    with contextlib.suppress(OSError):
+                        cpu[p.pid] = p.cpu_s()
+            time.sleep(0.01)
+        elapsed = time.time() - t0
+        codes = [p.stop() for p in procs]
+        depth = _xlen_all(redis.port)
+        return {
+            "msgs_per_s": n / elapsed,
+            "elapsed_s": elapsed,
+            "cpu_us": sum(cpu[p] - cpu0[p] for p in cpu) * 1e6 / n,
+            "fill_rps": fill_rps,
+            "exit_codes": codes,
+            "left_in_streams": depth,
+        }
+    finally:
+        app.stop()
+        redis.stop()
+
+
+def _xlen_all(port: int) -> int:
+    """Entries left in every stream of the Redis (0 once everything is finished)."""
+    import redis as redis_py
+
+    client = redis_py.Redis(port=port)
+    try:
+        return sum(
+            client.xlen(k) for k in client.scan_iter(_type="stream") if b"dlq" not in k.lower()
+        )
+    finally:
+        client.close()
+
+
+def ceiling(n: int, concurrency: int) -> dict:
+    app = c.start_app(c.LOAD_CORE, status=200)
+    try:
+        argv = ["taskset", "-c", str(c.SERVER_CORE), c.PY, "h11load.py", "closed"]
+        argv += ["--port", str(app.port), "-n", str(n), "-c", str(concurrency)]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=c.BENCH)
+        res = json.loads(out.stdout)
+        if res["statuses"] != {"200": n}:
+            raise RuntimeError(f"ceiling: {res['statuses']}")
+        return {"msgs_per_s": res["rps"], "elapsed_s": res["elapsed_s"], "cpu_us": res["cpu_us"]}
+    finally:
+        app.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("-n", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=16, help="per worker, and ceiling")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    rounds: list[dict[str, dict]] = []
+    for r in range(args.rounds):
+        order = CONFIGS[r % 3 :] + CONFIGS[: r % 3]
+        results = {}
+        for config in order:
+            if config == "ceiling":
+                results[config] = ceiling(args.n, args.concurrency)
+            else:
+                results[config] = drain(int(config[0]), args.n, args.concurrency)
+        for config in CONFIGS:
+            results[config]["ratio"] = (
+                results[config]["msgs_per_s"] / results["ceiling"]["msgs_per_s"]
+            )
+        rounds.append(results)
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k} {results[k]['msgs_per_s']:.0f}" for k in CONFIGS)
+        )
+
+    med = c.median_rows(rounds)
+    rows = [{"config": k, **med[k]} for k in CONFIGS]
+    columns = ["config", "msgs_per_s", "ratio", "elapsed_s", "cpu_us", "left_in_streams"]
+    title = f"Drain: {args.n} queued 1 KiB POSTs, concurrency {args.concurrency} (medians)"
+    print()
+    print(c.table(rows, columns, title))
+    print("\ncpu_us: CPU µs per message of the worker process(es), or of the ceiling client.")
+    print(f"\n`{c.command_line()}` — {time.monotonic() - started:.0f} s")
+    path = c.write_json(
+        "drain",
+        {"command": c.command_line(), "args": vars(args), "medians": med, "rounds": rounds},
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
