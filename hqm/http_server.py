@@ -46,7 +46,10 @@ class Peer:
     port: int
 
 
-Handler = Callable[[RequestHead, bytes, Peer], Awaitable[Reply]]
+#: A handler answers with a Reply, or with an awaitable of one (a coroutine, or a
+#: Future it resolves from a callback).
+Handler = Callable[[RequestHead, bytes, Peer], Reply | Awaitable[Reply]]
+_INTERNAL_ERROR = Reply(500, [(b"Content-Type", b"text/plain")], b"internal error\n")
 
 
 class ConnectionTracker:
@@ -81,9 +84,18 @@ class HttpProtocol(asyncio.Protocol):
         self._conn = ServerConnection(limits)
         self._transport: asyncio.Transport | None = None
         self._peer = Peer("", 0)
-        self._task: asyncio.Task[None] | None = None
+        #: The answer being prepared for the current request (a Task for a coroutine
+        #: handler, or the Future a handler returned); None between requests.
+        self._pending: asyncio.Future[Reply] | None = None
+        self._timeouts = {
+            Phase.IDLE: limits.idle_timeout_s,
+            Phase.HEAD: limits.header_timeout_s,
+            Phase.BODY: limits.body_timeout_s,
+        }
         self._timer: Timer | None = None
+        self._timer_at = 0.0
         self._timer_phase: Phase | None = None
+        self._deadline: float | None = None
         self._write_paused = False
         self._read_paused = False
         self._lingering = False
@@ -103,6 +115,12 @@ class HttpProtocol(asyncio.Protocol):
         if self._lingering:
             return  # the rest of a refused request: read and dropped
         self._conn.receive_data(data)
+        if self._pending is not None:
+            # Bytes while a request is in hand (pipelining): h11 keeps them; read no
+            # more until the answer is out. Pausing only now, not for every request,
+            # keeps the common one-request-at-a-time client free of pause/resume calls.
+            self._pause_reading()
+            return
         self._process()
 
     def eof_received(self) -> bool:
@@ -116,93 +134,140 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._tracker.connections.discard(self)
-        if self._task is not None and not self._task.done():
-            self._task.cancel()  # a waiting client left; its request stays queued
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()  # a waiting client left; its request stays queued
         if not self.closed.done():
             self.closed.set_result(None)
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self._update_reading()
+        self._pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._update_reading()
+        if self._pending is None:
+            self._resume_reading()
 
     # --- the loop between bytes and events ------------------------------------
     def _process(self) -> None:
-        if self._task is not None or self._transport is None:
+        if self._pending is not None or self._transport is None:
             return
         event = self._conn.next_event()
         out = self._conn.data_to_send()
         if out:
             self._transport.write(out)
         if isinstance(event, RequestReceived):
-            self._cancel_timer()
-            self._task = asyncio.get_running_loop().create_task(self._respond(event))
+            self._dispatch(event)
+            return
         elif isinstance(event, Rejected):
             self._linger()
             return
         elif isinstance(event, PeerClosed):
             self._close()
             return
-        self._update_reading()
+        elif not self._write_paused:
+            self._resume_reading()
         self._arm_timer()
 
-    async def _respond(self, event: RequestReceived) -> None:
+    def _dispatch(self, event: RequestReceived) -> None:
+        """Run the handler. A Reply is sent at once; a Future or coroutine when done.
+
+        Handlers that can answer from a callback (the proxy's async path) return a
+        Future and cost no Task per request.
+        """
         try:
-            reply = await self._handler(event.head, event.body, self._peer)
-        except asyncio.CancelledError:
-            raise
+            result = self._handler(event.head, event.body, self._peer)
         except Exception:
             log.exception("handler failed for %r", event.head.target)
-            reply = Reply(500, [(b"Content-Type", b"text/plain")], b"internal error\n")
+            result = _INTERNAL_ERROR
+        if isinstance(result, Reply):
+            self._send(result)
+            return
+        future = asyncio.ensure_future(result)  # a Future stays itself; a coroutine: Task
+        self._pending = future
+        self._arm_timer()  # RESPONDING: no deadline while the handler runs
+        future.add_done_callback(self._on_reply)
+
+    def _on_reply(self, future: asyncio.Future[Reply]) -> None:
+        if future is not self._pending or future.cancelled():
+            return
+        self._pending = None
+        exc = future.exception()
+        if exc is not None:
+            log.error("handler failed", exc_info=exc)
+            self._send(_INTERNAL_ERROR)
+        else:
+            self._send(future.result())
+
+    def _send(self, reply: Reply) -> None:
         if self._transport is None or self._transport.is_closing():
             return
         reason = reply.reason if reply.reason is not None else _PHRASES.get(reply.status, b"")
         self._conn.send_response(reply.status, reply.headers, reply.body, reason)
         self._transport.write(self._conn.data_to_send())
-        self._task = None
         if self._conn.must_close or self._tracker.draining:
             self._close()
         else:
-            self._process()
+            self._process()  # parses what was pipelined meanwhile; resumes reading
 
     # --- flow control and timers ----------------------------------------------
-    def _update_reading(self) -> None:
-        if self._transport is None or self._transport.is_closing() or self._lingering:
-            return
-        should_pause = self._write_paused or self._task is not None
-        if should_pause and not self._read_paused:
-            self._transport.pause_reading()
+    def _pause_reading(self) -> None:
+        transport = self._transport
+        if not self._read_paused and transport is not None and not transport.is_closing():
+            transport.pause_reading()
             self._read_paused = True
-        elif not should_pause and self._read_paused:
-            self._transport.resume_reading()
+
+    def _resume_reading(self) -> None:
+        transport = self._transport
+        if self._read_paused and transport is not None and not self._lingering:
+            if not transport.is_closing():
+                transport.resume_reading()
             self._read_paused = False
 
     def _arm_timer(self) -> None:
+        """Set the deadline of the current phase; the phase's deadline keeps running
+        while the phase lasts (slow-loris bound).
+
+        One timer per connection is reused: moving a deadline later costs nothing (the
+        timer re-arms itself when it fires early), only an earlier one reschedules.
+        """
         phase = self._conn.phase
-        if phase is self._timer_phase and self._timer is not None:
-            return  # the phase's deadline keeps running (slow-loris bound)
-        self._cancel_timer()
-        timeout = {
-            Phase.IDLE: self._limits.idle_timeout_s,
-            Phase.HEAD: self._limits.header_timeout_s,
-            Phase.BODY: self._limits.body_timeout_s,
-        }.get(phase)
-        if timeout is not None:
-            self._timer_phase = phase
-            self._timer = self._clock.call_later(timeout, self._on_timeout)
+        if phase is self._timer_phase:
+            return
+        self._timer_phase = phase
+        timeout = self._timeouts.get(phase)
+        if timeout is None:
+            self._deadline = None
+            return
+        self._deadline = self._clock.time() + timeout
+        if self._timer is None or self._deadline < self._timer_at:
+            self._schedule(timeout)
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = self._clock.time() + delay
+        self._timer = self._clock.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return
+        remaining = self._deadline - self._clock.time()
+        if remaining > 0:
+            self._schedule(remaining)
+        else:
+            self._on_timeout()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
         self._timer_phase = None
+        self._deadline = None
 
     def _on_timeout(self) -> None:
-        self._timer = None
-        if self._transport is None or self._task is not None or self._lingering:
+        if self._transport is None or self._pending is not None or self._lingering:
             self._close()
             return
         if self._conn.phase is Phase.IDLE:
@@ -231,7 +296,7 @@ class HttpProtocol(asyncio.Protocol):
         self._timer = self._clock.call_later(self._limits.linger_timeout_s, self._close)
 
     def close_if_idle(self) -> None:
-        if self._task is None:
+        if self._pending is None:
             self._close()
 
     def _close(self) -> None:

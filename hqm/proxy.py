@@ -6,6 +6,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -56,6 +57,7 @@ class ProxyHandler:
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
+        self._counters: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, head: RequestHead, body: bytes, peer: Peer) -> Reply:
         if head.target.startswith(_API_PREFIX):
@@ -79,7 +81,7 @@ class ProxyHandler:
             await self._queue.enqueue(record)
         except QueueError as exc:
             outcome = "full" if isinstance(exc, QueueFull) else "unavailable"
-            self._metrics.requests.labels(mode, outcome).inc()
+            self._count(mode, outcome)
             return _json_reply(503, {"error": str(exc) or outcome}, _RETRY_AFTER)
         self._metrics.enqueue_seconds.observe(time.perf_counter() - started)
         if mode == "wait":
@@ -88,12 +90,19 @@ class ProxyHandler:
             except QueueError:
                 result = None  # the request is safely queued: answer as async
             if result is not None:
-                self._metrics.requests.labels(mode, "answered").inc()
+                self._count(mode, "answered")
                 extra = [(b"Preference-Applied", applied)] if applied else []
                 return record_reply(request_id, result, *extra)
             mode, applied = "async", b""
-        self._metrics.requests.labels(mode, "accepted").inc()
+        self._count(mode, "accepted")
         return self._accepted(request_id, mode, applied)
+
+    def _count(self, mode: str, outcome: str) -> None:
+        """Count a request; labelled children are looked up once, not per request."""
+        counter = self._counters.get((mode, outcome))
+        if counter is None:
+            counter = self._counters[mode, outcome] = self._metrics.requests.labels(mode, outcome)
+        counter.inc()
 
     def _reply_mode(self, head: RequestHead) -> tuple[str, float, bytes]:
         """(mode, wait seconds, Preference-Applied value) for this request."""
