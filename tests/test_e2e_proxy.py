@@ -284,3 +284,16 @@ def test_bad_flags_give_a_clear_cli_error():
     bad = HqmProcess("proxy", "--upstream", "ftp://x:1")
     assert bad.proc.wait(20) == 2
     assert "only http:// upstreams" in bad.log()
+
+
+def test_flags_can_come_from_hqm_environment_variables(backend):
+    from tests.support import HqmProcess
+
+    env = {"HQM_PROXY_UPSTREAM": backend.address, "HQM_PROXY_MODE": "wait"}
+    hqm = HqmProcess("proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", env=env)
+    try:
+        hqm.wait_ready()
+        response = request(hqm.port, b"GET", b"/from-env")
+        assert (response.status, response.body) == (200, b"you asked for /from-env")
+    finally:
+        hqm.kill()
