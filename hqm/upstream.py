@@ -1,4 +1,5 @@
-"""Keep-alive HTTP/1.1 client pool to the app (asyncio streams + the sans-IO client)."""
+"""Keep-alive HTTP/1.1 client pool to the app (an asyncio.Protocol feeding the sans-IO
+client directly; one timer per exchange)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from hqm.proto.envelope import ResponseRecord
 from hqm.proto.errors import ProtocolError
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
-_READ_SIZE = 256 * 1024
 
 
 class UpstreamError(Exception):
@@ -29,17 +29,91 @@ class UpstreamError(Exception):
         self.permanent = permanent
 
 
-@dataclass(slots=True)
-class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    proto: ClientConnection
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to the app: received bytes go straight into the
+    sans-IO ClientConnection; the exchange waits on one future (no stream objects)."""
+
+    __slots__ = ("_received_any", "_waiter", "gone", "proto", "transport")
+
+    def __init__(self, max_response_bytes: int) -> None:
+        self.proto = ClientConnection(max_response_bytes)
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[ResponseRecord] | None = None
+        self._received_any = False
+        #: EOF, connection lost, or bytes nobody asked for: never reuse.
+        self.gone = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def exchange(self, data: bytes, waiter: asyncio.Future[ResponseRecord]) -> None:
+        self._waiter, self._received_any = waiter, False
+        assert self.transport is not None
+        try:
+            self.transport.write(data)
+        except (OSError, RuntimeError):  # closed under us: nothing was sent
+            self.gone = True
+            waiter.set_exception(_StaleConnection())
+
+    def done(self) -> None:
+        self._waiter = None
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            self.gone = True  # bytes after the response or while idle: a desync
+            return
+        self._received_any = True
+        try:
+            response = self.proto.receive_data(data)
+        except ProtocolError as exc:
+            waiter.set_exception(exc)
+            return
+        if response is not None:
+            waiter.set_result(response)
+
+    def eof_received(self) -> bool:
+        self.gone = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if not self._received_any:
+                waiter.set_exception(_StaleConnection())
+                return False
+            try:  # completes a close-delimited body, or says what was cut short
+                response = self.proto.receive_data(b"")
+            except ProtocolError as exc:
+                waiter.set_exception(exc)
+                return False
+            if response is not None:
+                waiter.set_result(response)
+            else:
+                closed = ProtocolError("upstream closed the connection", error_status_hint=502)
+                waiter.set_exception(closed)
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if not self._received_any:
+                waiter.set_exception(_StaleConnection())
+            elif exc is None:
+                self.eof_received()
+            else:
+                waiter.set_exception(exc if isinstance(exc, OSError) else OSError(str(exc)))
 
     def usable(self) -> bool:
-        return not self.reader.at_eof() and not self.writer.is_closing()
+        return not self.gone and self.transport is not None and not self.transport.is_closing()
 
     def close(self) -> None:
-        self.writer.close()
+        self.gone = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[ResponseRecord]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +133,18 @@ class UpstreamPool:
         self._idle: list[_Conn] = []
 
     async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        size = self._settings.max_response_bytes
         try:
             async with asyncio.timeout(self._settings.connect_timeout_s):
-                reader, writer = await asyncio.open_connection(
-                    self.upstream.host, self.upstream.port, limit=_READ_SIZE
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(size), self.upstream.host, self.upstream.port
                 )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(
                 f"cannot connect to {self.upstream}: {exc or 'timeout'}", reached=False
             ) from None
-        return _Conn(reader, writer, ClientConnection(self._settings.max_response_bytes))
+        return conn
 
     def _checkout(self) -> _Conn | None:
         while self._idle:
@@ -106,18 +182,17 @@ class UpstreamPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> ResponseRecord:
-        received_any = False
         try:
-            conn.writer.write(conn.proto.send_request(method, target, headers, body))
-            async with asyncio.timeout(self._settings.read_timeout_s):
-                while True:
-                    data = await conn.reader.read(_READ_SIZE)
-                    if not data and not received_any:
-                        raise _StaleConnection
-                    received_any = True
-                    response = conn.proto.receive_data(data)
-                    if response is not None:
-                        break
+            data = conn.proto.send_request(method, target, headers, body)
+        except ProtocolError as exc:  # our side refused to send it: never reached
+            conn.close()
+            raise UpstreamError(str(exc), reached=False, permanent=True) from None
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[ResponseRecord] = loop.create_future()
+        timer = loop.call_later(self._settings.read_timeout_s, _expire, waiter)
+        conn.exchange(data, waiter)
+        try:
+            response = await waiter
         except _StaleConnection:
             conn.close()
             raise
@@ -130,17 +205,19 @@ class UpstreamPool:
             ) from None
         except ProtocolError as exc:
             conn.close()
-            if exc.error_status_hint == 400:  # our side refused to send it: never reached
-                raise UpstreamError(str(exc), reached=False, permanent=True) from None
             raise UpstreamError(str(exc), reached=True) from None
         except OSError as exc:
             conn.close()
-            if not received_any:
-                raise _StaleConnection from None
             raise UpstreamError(
                 f"connection to {self.upstream} failed: {exc}", reached=True
             ) from None
-        if conn.proto.reusable and len(self._idle) < self._settings.pool_size:
+        except BaseException:  # cancelled mid-exchange: the connection is unusable
+            conn.close()
+            raise
+        finally:
+            timer.cancel()
+            conn.done()
+        if conn.proto.reusable and conn.usable() and len(self._idle) < self._settings.pool_size:
             conn.proto.start_next_cycle()
             self._idle.append(conn)
         else:

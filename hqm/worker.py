@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+
+from prometheus_client import Histogram
 
 from hqm.config import WorkerSettings
 from hqm.metrics import WorkerMetrics
@@ -50,22 +51,35 @@ class Worker:
         self._metrics = metrics
         self._now = wall_clock
         self._limiter = RateLimiter(settings.rate)
+        #: Every delivery being worked on, until its outcome is recorded.
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._slot_freed = asyncio.Event()
-        self._stopping = asyncio.Event()
+        #: Those holding a --concurrency slot: on their way to the app or at it. A slot
+        #: frees up when the app has answered, so the next claim can share the round trip
+        #: that records the answer.
+        self._at_app: set[str] = set()
+        #: Set when a slot frees up and by stop(): what every wait of the loop waits on.
+        self._wake = asyncio.Event()
+        self._stopping = False
         self._last_maintenance = 0.0
+        # Per-message metrics: labelled children looked up once, in-flight read at scrape.
+        metrics.in_flight.set_function(lambda: len(self._at_app))
+        self._app_seconds: dict[str, Histogram] = {}
+        self._done = metrics.processed.labels("done")
+        self._dead = metrics.processed.labels("dead")
 
     @property
     def in_flight(self) -> int:
+        """Deliveries being worked on (at the app, or their outcome being recorded)."""
         return len(self._tasks)
 
     def stop(self) -> None:
         """Stop claiming; ``run`` returns once in-flight requests finished (or drain ran out)."""
-        self._stopping.set()
+        self._stopping = True
+        self._wake.set()
 
     async def run(self) -> None:
         backoff = 0.1
-        while not self._stopping.is_set():
+        while not self._stopping:
             try:
                 if not await self._step():
                     break
@@ -77,39 +91,51 @@ class Worker:
         await self._drain()
 
     async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless stopped first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            async with asyncio.timeout_at(deadline):
+                while not self._stopping:
+                    self._wake.clear()
+                    await self._wake.wait()
+
+    async def _wait_slot(self, limit_s: float | None = None) -> None:
+        """Until a slot frees up or stop(), bounded by the maintenance period: claims
+        on in-flight entries must be renewed well within the visibility timeout."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(self._block_s, limit_s or self._block_s)):
+                await self._wake.wait()
+        await self._maintain(0)
 
     async def _step(self) -> bool:
         """One claim round; False when burst mode found nothing left to do."""
-        free = self._settings.concurrency - len(self._tasks)
+        concurrency = self._settings.concurrency
+        # (at most as many again still being recorded: Redis slow means claims wait too)
+        free = min(concurrency - len(self._at_app), 2 * concurrency - len(self._tasks))
         if free <= 0:
-            self._slot_freed.clear()
-            await self._wait_slot()
+            self._wake.clear()
+            if not self._stopping:
+                await self._wait_slot()
             return True
         deliveries = await self._maintain(free)
         if not deliveries:
             # Never block past the maintenance period: claims on in-flight entries must be
             # renewed well within the visibility timeout, or a slow request is redelivered.
-            block = 0.05 if self._settings.burst else self._block_s
+            # Burst mode never blocks in Redis: it is done as soon as the queue is empty.
+            block = 0.0 if self._settings.burst else self._block_s
             deliveries = await self._queue.claim(self._settings.consumer, free, block)
-        if not deliveries and self._settings.burst and not self._tasks:
-            if await self._queue.depth() == 0:
+        if not deliveries and self._settings.burst:
+            if self._tasks:  # the last ones finishing: wait for one, then look again
+                self._wake.clear()
+                await self._wait_slot(0.05)
+            elif await self._queue.depth() == 0:
                 return False
-            await self._pause(0.05)  # entries held elsewhere or scheduled: wait for them
+            else:
+                await self._pause(0.05)  # entries held elsewhere or scheduled: wait
         for delivery in deliveries:
             self._start(delivery)
         return True
-
-    async def _wait_slot(self) -> None:
-        stop = asyncio.ensure_future(self._stopping.wait())
-        freed = asyncio.ensure_future(self._slot_freed.wait())
-        try:
-            await asyncio.wait([stop, freed], timeout=self._block_s, return_when="FIRST_COMPLETED")
-        finally:
-            stop.cancel()
-            freed.cancel()
-        await self._maintain(0)
 
     @property
     def _period_s(self) -> float:
@@ -139,15 +165,8 @@ class Worker:
     def _start(self, delivery: Delivery) -> None:
         if delivery.entry_id in self._tasks:
             return  # reclaimed our own entry that is still in progress
-        task = asyncio.get_running_loop().create_task(self._process(delivery))
-        self._tasks[delivery.entry_id] = task
-        self._metrics.in_flight.set(len(self._tasks))
-        task.add_done_callback(lambda _t, eid=delivery.entry_id: self._finished(eid))
-
-    def _finished(self, entry_id: str) -> None:
-        self._tasks.pop(entry_id, None)
-        self._metrics.in_flight.set(len(self._tasks))
-        self._slot_freed.set()
+        self._at_app.add(delivery.entry_id)
+        self._tasks[delivery.entry_id] = asyncio.create_task(self._process(delivery))
 
     async def _process(self, delivery: Delivery) -> None:
         try:
@@ -157,10 +176,20 @@ class Worker:
             log.warning("could not record %s: %s", delivery.record.id, exc)
         except Exception:
             log.exception("worker failed on %s", delivery.record.id)
+        finally:
+            self._tasks.pop(delivery.entry_id, None)
+            self._at_app.discard(delivery.entry_id)
+            self._wake.set()
+
+    def _answered(self, entry_id: str) -> None:
+        """The app is done with this delivery: its slot is free."""
+        self._at_app.discard(entry_id)
+        self._wake.set()
 
     async def _attempt(self, delivery: Delivery) -> None:
         record = delivery.record
         if delivery.deliveries > self._settings.max_deliveries:
+            self._answered(delivery.entry_id)
             error = f"delivered {delivery.deliveries - 1} times without finishing"
             await self._dead_letter(delivery, error, delivery.attempt)
             return
@@ -182,13 +211,13 @@ class Worker:
         try:
             response = await self._pool.request(record.method, record.target, headers, record.body)
         except UpstreamError as exc:
-            self._metrics.app_seconds.labels("error").observe(time.perf_counter() - started)
+            self._answered(delivery.entry_id)
+            self._observe_app("error", time.perf_counter() - started)
             failure = Failure(str(exc), reached=exc.reached, permanent=exc.permanent)
             await self._failed(delivery, failure, attempt)
             return
-        self._metrics.app_seconds.labels(f"{response.status // 100}xx").observe(
-            time.perf_counter() - started
-        )
+        self._answered(delivery.entry_id)
+        self._observe_app(f"{response.status // 100}xx", time.perf_counter() - started)
         if response.status in _RETRY_STATUSES:
             failure = Failure(
                 f"app answered {response.status}",
@@ -202,9 +231,26 @@ class Worker:
                 await self._retry_or_give_up(delivery, failure, attempt)
                 return
         # A real answer (also a 5xx that is not safe to ask again) goes to the client.
-        await self._complete(
-            delivery, replace(response, attempts=attempt, completed_at=self._now())
+        # (Built directly: dataclasses.replace costs several µs per message.)
+        response = ResponseRecord(
+            response.status,
+            response.reason,
+            response.headers,
+            response.body,
+            response.http_version,
+            attempt,
+            self._now(),
+            response.error,
         )
+        await self._complete(delivery, response)
+
+    def _observe_app(self, status_class: str, seconds: float) -> None:
+        histogram = self._app_seconds.get(status_class)
+        if histogram is None:
+            histogram = self._app_seconds[status_class] = self._metrics.app_seconds.labels(
+                status_class
+            )
+        histogram.observe(seconds)
 
     async def _failed(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
         record = delivery.record
@@ -232,13 +278,13 @@ class Worker:
 
     async def _complete(self, delivery: Delivery, response: ResponseRecord) -> None:
         await self._queue.complete(delivery, response)
-        self._metrics.processed.labels("done").inc()
+        self._done.inc()
 
     async def _dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
         log.warning("dead-lettering %s: %s", delivery.record.id, error)
         await self._queue.dead_letter(delivery, error, attempts)
         self._metrics.dead_letters.inc()
-        self._metrics.processed.labels("dead").inc()
+        self._dead.inc()
 
     async def _drain(self) -> None:
         """Let in-flight requests finish (bounded); what is cut off stays pending, not lost."""

@@ -61,6 +61,10 @@ def admin(server: RedisServer) -> redis.Redis:
     return redis.Redis.from_url(server.url, protocol=2)
 
 
+async def _is(value: Awaitable[T], expected: T) -> bool:
+    return await value == expected
+
+
 def _state(status: Status, attempts: int = 0, error: str | None = None) -> RequestState:
     return RequestState(status, attempts, error)
 
@@ -118,7 +122,8 @@ def test_enqueue_claim_round_trip_binary(redis_server: RedisServer) -> None:
         assert delivery.record == rec
         assert delivery.record.body == BODY
         assert (delivery.deliveries, delivery.attempt) == (1, 0)
-        assert await q.state(rec.id) == _state(Status.PROCESSING)
+        processing = _state(Status.PROCESSING)  # posted with the next outcomes: not awaited
+        assert await eventually(lambda: _is(q.state(rec.id), processing))
         assert await q.claim("c1", 10, 0.05) == []
         await q.close()
 
@@ -458,7 +463,7 @@ def test_wait_result_survives_lost_notification(redis_server: RedisServer) -> No
         assert await proxy.wait_result("unknown", 0.3) is None
         assert await proxy.state("unknown") is None
         assert await proxy.fetch_result("unknown") is None
-        assert proxy._waiters == {}
+        assert proxy._replies.waiters == {}
         await proxy.close()
         await worker.close()
 

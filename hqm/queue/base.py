@@ -100,7 +100,8 @@ class Queue(abc.ABC):
     # --- worker side --------------------------------------------------------
     @abc.abstractmethod
     async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:
-        """Up to ``count`` new entries for ``consumer``, waiting up to ``block_s``."""
+        """Up to ``count`` new entries for ``consumer``, waiting up to ``block_s`` (0: not
+        at all). Claimed entries show status processing (soon after, at the latest)."""
 
     @abc.abstractmethod
     async def reclaim(self, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:

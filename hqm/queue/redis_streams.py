@@ -5,6 +5,11 @@ One stream per queue, read through the consumer group ``hqm``. A finished entry
 Lua script that records its outcome, so XLEN is the number of unfinished entries.
 Scheduled retries wait in a sorted set and are moved back by ``promote_due``.
 
+Round trips are shared (hqm.queue.batch): the enqueues of one event-loop turn go in
+one script call, and so do a worker's outcomes (complete, retry_later, dead_letter)
+together with its next non-blocking claim; XREADGROUP BLOCK only runs when no backlog
+is left. Wait mode: see hqm.queue.redis_wait.
+
 Every Redis failure surfaces as ``QueueUnavailable``; redis-py reconnects on the
 next command, so the same object recovers when Redis comes back.
 
@@ -49,15 +54,18 @@ from hqm.queue.base import (
     RequestState,
     Status,
 )
+from hqm.queue.batch import Batcher
 from hqm.queue.keys import GROUP, QueueKeys
 from hqm.queue.redis_conn import connect
-from hqm.queue.redis_lua import SCRIPTS
+from hqm.queue.redis_lua import CLAIM_ERROR, Scripts, pack_item, unpack_claimed
+from hqm.queue.redis_wait import Replies, notification
 
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 512  # records per enqueue round trip ...
 _MAX_BATCH_BYTES = 4 << 20  # ... or about this many bytes of records
 _PROMOTE_LIMIT = 100  # retries moved back per promote_due call
+_MARK_WITHIN_S = 0.1  # a claimed entry shows "processing" within this time
 _ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 #: Delayed-retry member: attempt u32 | len(request id) u16 | 8 random bytes | id | record.
 _MEMBER = struct.Struct(">IH8s")
@@ -74,8 +82,24 @@ def _errors(op: str) -> Iterator[None]:
         raise QueueUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _entries(reply: Any) -> list[Any]:
+    """The entries of an XREADGROUP reply on one stream (None: nothing came)."""
+    return [(i, f) for i, f in reply[0][1] if f is not None] if reply else []
+
+
 def _s(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _failed(op: str) -> Callable[[BaseException], QueueUnavailable]:
+    """What the callers of a failed batch get: QueueUnavailable, with the reason."""
+
+    def failed(exc: BaseException) -> QueueUnavailable:
+        if isinstance(exc, QueueError):
+            return QueueUnavailable(str(exc))
+        return QueueUnavailable(f"{op} aborted: {exc!r}")
+
+    return failed
 
 
 def _state(status: Status, attempts: int = 0, error: str | None = None) -> bytes:
@@ -112,24 +136,40 @@ class RedisQueue(Queue):
         self._now = clock
         self._clients = connect(url, connect_timeout_s, command_timeout_s)
         self._redis = self._clients.main
-        self._scripts = {
-            name: self._redis.register_script(src.replace("@G", GROUP))
-            for name, src in SCRIPTS.items()
-        }
-        self._batch: list[tuple[str, bytes, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._listener: asyncio.Task[None] | None = None
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._lua = Scripts(self._clients.blocking, GROUP, command_timeout_s)
+        self._enqueues: Batcher[tuple[str, bytes], None] = Batcher(
+            self._send,
+            failed=_failed("enqueue"),
+            max_items=_MAX_BATCH,
+            max_bytes=_MAX_BATCH_BYTES,
+            size=lambda item: len(item[1]),
+        )
+        #: The worker's round trips (script ``finish``): outcomes and claims of one loop
+        #: turn, as (op, request id, args); a claim's outcome is its packed entries.
+        self._outcomes: Batcher[tuple[str, str, list[Any]], bytes | None] = Batcher(
+            self._finish, failed=_failed("finish"), max_items=_MAX_BATCH
+        )
+        self._replies = Replies(
+            self._clients.blocking, self.keys.reply_channel(self.instance_id), self.fetch_result
+        )
         self._cursor = "0-0"
+        #: The last claim got all it asked for: more may be waiting (try the script first).
+        self._backlog = True
         self._closed = False
-        #: Round trips the enqueue flusher made (one per batch of enqueue calls).
-        self.batches_sent = 0
-        #: Reply notifications received on ``reply_channel``.
-        self.notifications = 0
+
+    @property
+    def batches_sent(self) -> int:
+        """Round trips the enqueue flusher made (one per batch of enqueue calls)."""
+        return self._enqueues.flushes
+
+    @property
+    def notifications(self) -> int:
+        """Reply notifications received on ``reply_channel``."""
+        return self._replies.notifications
 
     @property
     def reply_channel(self) -> str:
-        return self.keys.reply_channel(self.instance_id)
+        return self._replies.channel
 
     async def start(self) -> None:
         """Create the consumer group (idempotent). QueueUnavailable when Redis is down."""
@@ -154,64 +194,39 @@ class RedisQueue(Queue):
                 await self._create_group()
                 return await call()
 
-    async def _script(self, op: str, name: str, keys: list[Any], args: list[Any]) -> Any:
+    async def _script(
+        self, op: str, name: str, keys: list[Any], args: list[Any], *, own: bool = False
+    ) -> Any:
         with _errors(op):
-            return await self._scripts[name](keys=keys, args=args)
+            return await self._lua(name, keys, args, own=own)
 
     # --- proxy side ---------------------------------------------------------
     async def enqueue(self, record: RequestRecord) -> None:
         """Queue ``record``; calls made in one event-loop turn share one round trip."""
         if self._closed:
             raise QueueUnavailable("queue closed")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._batch.append((record.id, encode_request(record), future))
-        if self._flusher is None:
-            # Runs after every callback already ready in this loop turn has enqueued.
-            self._flusher = asyncio.create_task(self._flush())
-        await future
-
-    async def _flush(self) -> None:
-        """The single flusher: one batch in flight; calls meanwhile wait for the next."""
+        if record.reply_to != self._replies.channel:
+            await self._enqueues.submit((record.id, encode_request(record)))
+            return
+        # Wait mode: the waiter exists before the XADD, so no notification can miss it.
+        self._replies.expect(record.id)
         try:
-            while self._batch:
-                size, cut = 0, 0
-                while cut < min(len(self._batch), _MAX_BATCH) and size < _MAX_BATCH_BYTES:
-                    size += len(self._batch[cut][1])
-                    cut += 1
-                batch, self._batch = self._batch[:cut], self._batch[cut:]
-                await self._send(batch)
-        finally:
-            self._flusher = None
+            await self._enqueues.submit((record.id, encode_request(record)))
+        except BaseException:
+            self._replies.forget(record.id)
+            raise
 
-    async def _send(self, batch: list[tuple[str, bytes, asyncio.Future[None]]]) -> None:
+    async def _send(self, batch: list[tuple[str, bytes]]) -> list[QueueFull | None]:
         # One EVALSHA per batch: XADD + SET state per record, and the --max-depth check
         # (XLEN + ZCARD delayed, exact, per record) in the same atomic step. Measured
         # ~3x the throughput of a pipeline of XADD/SET pairs (redis-py packs and parses
         # every pipelined command in Python; here it handles one).
-        self.batches_sent += 1
-        keys = [self.keys.stream, self.keys.delayed, *(self.keys.state(i) for i, _, _ in batch)]
-        args = [self._max_depth, self._ttl_ms, _QUEUED, *(data for _, data, _ in batch)]
-        try:
-            replies = await self._script("enqueue", "enqueue", keys, args)
-        except QueueError as exc:
-            self._fail(batch, str(exc))
-            return
-        except BaseException as exc:  # cancelled by close(), or a bug: never strand callers
-            self._fail(batch, f"enqueue aborted: {exc!r}")
-            raise
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue  # the caller went away; the entry is queued regardless
-            if reply:
-                future.set_result(None)
-            else:
-                future.set_exception(QueueFull(f"queue {self.name!r} holds {self._max_depth}"))
-
-    @staticmethod
-    def _fail(batch: list[tuple[str, bytes, asyncio.Future[None]]], message: str) -> None:
-        for _, _, future in batch:
-            if not future.done():
-                future.set_exception(QueueUnavailable(message))
+        keys = [self.keys.stream, self.keys.delayed, *(self.keys.state(i) for i, _ in batch)]
+        id_at = len(self.keys.state("")) + 1  # the script stores the id with the entry
+        args = [self._max_depth, self._ttl_ms, _QUEUED, id_at, *(data for _, data in batch)]
+        replies = await self._script("enqueue", "enqueue", keys, args)
+        full = f"queue {self.name!r} holds {self._max_depth}"
+        return [None if reply else QueueFull(full) for reply in replies]
 
     async def state(self, request_id: str) -> RequestState | None:
         with _errors("state"):
@@ -231,80 +246,48 @@ class RedisQueue(Queue):
         return None if raw is None else decode_response(raw)
 
     async def wait_result(self, request_id: str, timeout_s: float) -> ResponseRecord | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        if self._listener is None and not self._closed:
-            self._listener = asyncio.create_task(self._listen())
-        waiters = self._waiters.setdefault(request_id, set())
-        future: asyncio.Future[None] = loop.create_future()
-        waiters.add(future)
-        interval = 0.25
-        try:
-            while not self._closed:
-                try:  # also covers a notification sent before we registered
-                    result = await self.fetch_result(request_id)
-                except QueueUnavailable as exc:
-                    log.debug("wait_result poll of %s: %s", request_id, exc)
-                    result = None
-                if result is not None:
-                    return result
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                # Poll as a fallback, so a lost notification never strands the waiter.
-                await asyncio.wait((future,), timeout=min(interval, remaining))
-                interval = min(interval * 2, 1.0)
-                if future.done():
-                    waiters.discard(future)
-                    future = loop.create_future()
-                    waiters.add(future)
-            return None
-        finally:
-            waiters.discard(future)
-            if not waiters and self._waiters.get(request_id) is waiters:
-                del self._waiters[request_id]
-
-    async def _listen(self) -> None:
-        """The one reply-channel subscription; resubscribes with backoff after failures."""
-        backoff = 0.1
-        while not self._closed:
-            client = self._clients.blocking
-            pubsub = client.pubsub()
-            try:
-                await client.initialize()  # a cluster client must know its slots first
-                await pubsub.subscribe(self.reply_channel)
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-                    if message is not None and message["type"] == "message":
-                        self._notify(_s(message["data"]))
-            except Exception as exc:  # the listener must survive anything
-                log.warning("reply channel %s lost (%s); resubscribing", self.reply_channel, exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-    def _notify(self, request_id: str) -> None:
-        self.notifications += 1
-        for future in self._waiters.get(request_id, ()):
-            if not future.done():
-                future.set_result(None)
+        """Notified with the result itself (``hqm.queue.redis_wait``); polls as well."""
+        return await self._replies.wait(request_id, timeout_s)
 
     # --- worker side --------------------------------------------------------
     async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:
-        options: dict[str, Any] = {"count": count}
-        if block_s > 0:  # BLOCK 0 would wait forever
-            options["block"] = max(1, round(block_s * 1000))
-        streams = {self.keys.stream: ">"}
+        """While there is a backlog: non-blocking, in the same script call as the
+        outcomes of this loop turn (no round trip of its own, entries marked processing
+        there, its reply one packed string). Otherwise, or when it found nothing,
+        XREADGROUP BLOCK."""
+        entries: list[tuple[str, bytes, bytes, bool]] = []
+        if self._backlog or block_s <= 0:
+            entries = await self._claim_now(consumer, count)
+        if not entries and block_s > 0:  # BLOCK 0 would wait forever
+            streams, block = {self.keys.stream: ">"}, max(1, round(block_s * 1000))
 
-        async def read() -> Any:
-            call = self._clients.blocking.xreadgroup(GROUP, consumer, streams, **options)
-            return await asyncio.wait_for(call, max(block_s, 0) + self._timeout)
+            async def read() -> Any:
+                async with asyncio.timeout(block_s + self._timeout):
+                    return await self._clients.blocking.xreadgroup(
+                        GROUP, consumer, streams, count=count, block=block
+                    )
 
-        reply = await self._grouped("claim", read)
-        return await self._deliver(reply[0][1] if reply else [], {}, 1)
+            reply = await self._grouped("claim", read)
+            entries = [
+                (_s(i), f.get(b"r", b""), f.get(b"a", b"0"), False) for i, f in _entries(reply)
+            ]
+        self._backlog = len(entries) >= count
+        return await self._deliver(entries, {}, 1)
+
+    async def _claim_now(self, consumer: str, count: int) -> list[tuple[str, bytes, bytes, bool]]:
+        for retry in (True, False):
+            if self._outcomes.busy:  # do not queue behind the round trip in flight
+                blob = (await self._finish([("n", "", [consumer, count])], own=False))[0]
+            else:  # with the outcomes of this loop turn, in one round trip
+                blob = await self._outcomes.submit(("n", "", [consumer, count]))
+            if blob is None or blob[:1] != bytes((CLAIM_ERROR,)):
+                return unpack_claimed(blob or b"")
+            error = blob[1:].decode("utf-8", "replace")
+            if "NOGROUP" not in error or not retry:
+                raise QueueUnavailable(f"redis claim failed: {error}")
+            with _errors("claim"):  # Redis restarted empty: the group again, then retry
+                await self._create_group()
+        return []
 
     async def reclaim(self, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
         stream, idle_ms = self.keys.stream, max(0, round(min_idle_s * 1000))
@@ -316,54 +299,60 @@ class RedisQueue(Queue):
 
         reply = await self._grouped("reclaim", autoclaim)
         self._cursor = _s(reply[0])  # entries deleted meanwhile (reply[2]) are dropped
-        entries = [(i, f) for i, f in reply[1] if f is not None]
+        entries = [(_s(i), f.get(b"r", b""), f.get(b"a", b"0"), False) for i, f in reply[1] if f]
         if not entries:
             return []
         with _errors("reclaim"):
             pipe = self._redis.pipeline(transaction=False)
-            for entry_id, _ in entries:
+            for entry_id, _, _, _ in entries:
                 pipe.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
             pending = await pipe.execute()
         counts = {_s(p[0]["message_id"]): int(p[0]["times_delivered"]) for p in pending if p}
         return await self._deliver(entries, counts, 2)
 
     async def _deliver(
-        self, entries: list[Any], counts: dict[str, int], default: int
+        self,
+        entries: list[tuple[str, bytes, bytes, bool]],
+        counts: dict[str, int],
+        default: int,
     ) -> list[Delivery]:
+        """``entries``: (entry id, record, attempt, already marked processing)."""
         deliveries: list[Delivery] = []
-        for raw_id, fields in entries:
-            entry_id, raw = _s(raw_id), fields.get(b"r", b"")
+        unmarked: list[Delivery] = []
+        for entry_id, raw, raw_attempt, marked in entries:
             try:
-                record, attempt = decode_request(raw), int(fields.get(b"a", b"0"))
+                record, attempt = decode_request(raw), int(raw_attempt)
             except ValueError as exc:  # EnvelopeError included
                 log.error("dead-lettering corrupt entry %s of %s: %s", entry_id, self.name, exc)
                 with contextlib.suppress(QueueUnavailable):  # else reclaimed and retried
                     await self._dead(entry_id, raw, f"corrupt entry: {exc}", 0, None, b"")
                 continue
-            deliveries.append(Delivery(entry_id, record, counts.get(entry_id, default), attempt))
-        if deliveries:
-            keys = [self.keys.state(d.record.id) for d in deliveries]
-            states = [_state(Status.PROCESSING, d.attempt) for d in deliveries]
-            try:  # best effort: the entries are ours whether or not this lands
-                await self._script("claim", "processing", keys, [*states, self._ttl_ms])
-            except QueueUnavailable as exc:
-                log.warning("could not mark %d requests processing: %s", len(keys), exc)
+            delivery = Delivery(entry_id, record, counts.get(entry_id, default), attempt)
+            deliveries.append(delivery)
+            if not marked:
+                unmarked.append(delivery)
+        # Status "processing", best effort (the entries are ours whether or not it lands):
+        # sent with the next round trip, within _MARK_WITHIN_S, not awaited; it costs no
+        # round trip of its own when the outcome follows soon (it then rides with it,
+        # and lands first), and never delays the replay.
+        for d in unmarked:
+            state = _state(Status.PROCESSING, d.attempt)
+            self._outcomes.post(("p", d.record.id, [state]), _MARK_WITHIN_S)
         return deliveries
 
     async def touch(self, consumer: str, entry_ids: list[str]) -> None:
         if entry_ids:
-            script = self._scripts["touch"]
-            await self._grouped(
-                "touch", lambda: script(keys=[self.keys.stream], args=[consumer, *entry_ids])
-            )
+            keys, args = [self.keys.stream], [consumer, *entry_ids]
+            await self._grouped("touch", lambda: self._lua("touch", keys, args))
 
     async def complete(self, delivery: Delivery, response: ResponseRecord) -> None:
+        """Batched with the other outcomes of this loop turn: one round trip for all."""
         record = delivery.record
         result = b"" if record.mode == "fire" else encode_response(response)
         state = _state(Status.DONE, response.attempts, response.error)
-        keys = [self.keys.stream, self.keys.result(record.id), self.keys.state(record.id)]
-        args = [delivery.entry_id, result, self._ttl_ms, state, record.reply_to, record.id]
-        await self._script("complete", "complete", keys, args)
+        message = notification(record.id, result) if record.reply_to else b""
+        args = [delivery.entry_id, result, state, record.reply_to, message]
+        await self._outcomes.submit(("c", record.id, args))
 
     async def retry_later(self, delivery: Delivery, due_at: float, error: str) -> None:
         record, attempt = delivery.record, delivery.attempt + 1
@@ -371,9 +360,8 @@ class RedisQueue(Queue):
         member = _MEMBER.pack(attempt, len(request_id), secrets.token_bytes(8))
         member += request_id + encode_request(record)
         state = _state(Status.RETRYING, attempt, error)
-        keys = [self.keys.stream, self.keys.delayed, self.keys.state(record.id)]
-        args = [delivery.entry_id, repr(float(due_at)), member, state, self._ttl_ms]
-        await self._script("retry_later", "retry", keys, args)
+        args = [delivery.entry_id, repr(float(due_at)), member, state]
+        await self._outcomes.submit(("r", record.id, args))
 
     async def promote_due(self, now: float) -> int:
         keys = [self.keys.stream, self.keys.delayed]
@@ -401,14 +389,20 @@ class RedisQueue(Queue):
         request_id = record.id if record is not None else ""
         state = _state(Status.DEAD, attempts, error) if record is not None else b""
         reply_to = record.reply_to if record is not None else ""
-        keys = [
-            self.keys.stream,
-            self.keys.dlq,
-            self.keys.result(request_id),
-            self.keys.state(request_id),
-        ]
-        args = [entry_id, raw, error, attempts, repr(float(self._now())), result, self._ttl_ms]
-        await self._script("dead_letter", "dead", keys, [*args, state, reply_to, request_id])
+        message = notification(request_id, result) if reply_to else b""
+        args = [entry_id, raw, error, attempts, repr(float(self._now())), result, state]
+        await self._outcomes.submit(("d", request_id, [*args, reply_to, message]))
+
+    async def _finish(
+        self, batch: list[tuple[str, str, list[Any]]], *, own: bool = True
+    ) -> list[bytes | None]:
+        """One EVALSHA for every outcome and claim of the batch (script ``finish``)."""
+        keys = [self.keys.stream, self.keys.delayed, self.keys.dlq]
+        args = [self._ttl_ms, self.keys.prefix]
+        args += (pack_item(op, request_id, *item_args) for op, request_id, item_args in batch)
+        # (own: the flusher's connection; one flush is in flight at a time)
+        claimed = iter(await self._script("finish", "finish", keys, args, own=own))
+        return [next(claimed) if op == "n" else None for op, _, _ in batch]
 
     async def release(self, consumer: str) -> None:
         stream = self.keys.stream
@@ -472,7 +466,7 @@ class RedisQueue(Queue):
             self.keys.result(request_id),
             self.keys.state(request_id),
         ]
-        args = [letter.entry_id, _QUEUED, self._ttl_ms]
+        args = [letter.entry_id, _QUEUED, self._ttl_ms, request_id]
         return bool(await self._script("replay_dead_letter", "replay", keys, args))
 
     async def purge_dead_letters(self) -> int:
@@ -488,19 +482,12 @@ class RedisQueue(Queue):
         if self._closed:
             return
         self._closed = True
-        flusher = self._flusher
-        if flusher is not None:  # let the batch in flight land
-            await asyncio.wait((flusher,), timeout=self._timeout)
-            flusher.cancel()
-            await asyncio.wait((flusher,))
-        self._fail(self._batch, "queue closed")
-        self._batch.clear()
-        for waiters in self._waiters.values():
-            for future in waiters:
-                future.cancel()
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.wait((self._listener,))
+        closed = QueueUnavailable("queue closed")
+        await self._enqueues.close(self._timeout, closed)  # let the batch in flight land
+        await self._outcomes.close(self._timeout, closed)
+        with contextlib.suppress(Exception):
+            await self._lua.close()
+        await self._replies.close()
         for client in (self._clients.main, self._clients.blocking, *self._clients.extra):
             with contextlib.suppress(Exception):
                 await client.aclose()
