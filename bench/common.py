@@ -374,5 +374,12 @@ def write_json(bench: str, data: dict) -> Path:
     return path
 
 
+def finish(bench: str, data: dict, started: float, note: str = "") -> None:
+    """Every bench's last words: the command and its run time, then the JSON file."""
+    print(f"\n`{command_line()}` — {time.monotonic() - started:.0f} s{note}")
+    path = write_json(bench, {"command": command_line(), **data})
+    print(f"wrote {path}")
+
+
 def command_line() -> str:
     return ".venv/bin/python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -136,12 +136,7 @@ def main() -> None:
     print()
     print(c.table(rows, columns, title))
     print("\ncpu_us: CPU µs per message of the worker process(es), or of the ceiling client.")
-    print(f"\n`{c.command_line()}` — {time.monotonic() - started:.0f} s")
-    path = c.write_json(
-        "drain",
-        {"command": c.command_line(), "args": vars(args), "medians": med, "rounds": rounds},
-    )
-    print(f"wrote {path}")
+    c.finish("drain", {"args": vars(args), "medians": med, "rounds": rounds}, started)
 
 
 if __name__ == "__main__":

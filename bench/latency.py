@@ -92,12 +92,7 @@ def main() -> None:
     title = f"Latency at {args.rate:g} req/s, 1 KiB POST, {args.duration:g} s (medians)"
     print()
     print(c.table(rows, columns, title))
-    print(f"\n`{c.command_line()}` — {time.monotonic() - started:.0f} s")
-    path = c.write_json(
-        "latency",
-        {"command": c.command_line(), "args": vars(args), "medians": med, "rounds": rounds},
-    )
-    print(f"wrote {path}")
+    c.finish("latency", {"args": vars(args), "medians": med, "rounds": rounds}, started)
 
 
 if __name__ == "__main__":

@@ -88,11 +88,7 @@ def main() -> None:
     columns = ["server", "idle_mib", *(f"{n}_conns_mib" for n in counts)]
     columns.append(f"kib_per_conn_at_{max(counts)}")
     print(c.table(rows, columns, "RSS (MiB) with idle keep-alive connections"))
-    print(f"\n`{c.command_line()}` — {time.monotonic() - started:.0f} s")
-    path = c.write_json(
-        "memory", {"command": c.command_line(), "args": vars(args), "results": results}
-    )
-    print(f"wrote {path}")
+    c.finish("memory", {"args": vars(args), "results": results}, started)
 
 
 if __name__ == "__main__":

@@ -167,11 +167,9 @@ def main() -> None:
     rows = [{"figure": k, "value": v} for k, v in res.items() if k not in ("ledger_check", "png")]
     print(c.table(rows, ["figure", "value"], "Spike (one run)"))
     print(f"\nledger check (GET status: count): {checked}")
-    print(f"`{c.command_line()}` — {time.monotonic() - started:.0f} s; plot {res['png']}")
-    path = c.write_json(
-        "spike", {"command": c.command_line(), "args": vars(args), **res, "series": series}
+    c.finish(
+        "spike", {"args": vars(args), **res, "series": series}, started, f"; plot {res['png']}"
     )
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

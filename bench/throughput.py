@@ -130,18 +130,11 @@ def main() -> None:
         "\nratio: req/s / ceiling req/s, same round. cpu_ratio: ceiling CPU µs per request /"
         " this server's (the req/s ratio if each had a whole core)."
     )
-    print(f"\n`{c.command_line()}` — {time.monotonic() - started:.0f} s")
-    path = c.write_json(
+    c.finish(
         "throughput",
-        {
-            "command": c.command_line(),
-            "args": vars(args),
-            "medians": med,
-            "redis_xadd_rps": xadd,
-            "rounds": rounds,
-        },
+        {"args": vars(args), "medians": med, "redis_xadd_rps": xadd, "rounds": rounds},
+        started,
     )
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
