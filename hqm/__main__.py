@@ -1,3 +1,3 @@
-from hqm.cli import main
+from hqm.cli.main import main
 
 main()

@@ -238,5 +238,6 @@ def test_unreachable_redis_is_a_clear_error(args: tuple[str, ...]):
 def test_bad_redis_url_is_a_usage_error(url: str):
     done = dlq("list", "--redis", url)
     assert done.returncode == 2
-    assert "Invalid value for '--redis'" in done.stderr
+    assert done.stderr.startswith("Error: --redis: ")
+    assert done.stderr.count("\n") == 1  # one line
     no_traceback(done)

@@ -10,6 +10,7 @@ from hqm.proto.headers import (
     HOP_BY_HOP,
     REQUEST_ID,
     ForwardedInfo,
+    ForwardingPolicy,
     client_response_headers,
     header_value,
     strip_hop_by_hop,
@@ -17,8 +18,9 @@ from hqm.proto.headers import (
 )
 from tests.http_strategies import header_names, header_values
 
-FWD = ForwardedInfo(client="10.0.0.7", proto="https")
-NO_FWD = ForwardedInfo(client="10.0.0.7", enabled=False)
+FWD = ForwardedInfo(client="10.0.0.7", proto="https", policy=ForwardingPolicy(True, 0))
+TRUSTING = ForwardedInfo(client="10.0.0.7", proto="https", policy=ForwardingPolicy(True, 1))
+NO_FWD = ForwardedInfo(client="10.0.0.7", proto="http", policy=ForwardingPolicy(False, 0))
 
 HOP_NAMES = [
     b"Connection",
@@ -156,13 +158,32 @@ def test_xff_appended_to_the_last_of_several_lines():
     ]
 
 
-def test_existing_forwarded_proto_and_host_kept():
+def test_client_forwarded_proto_and_host_replaced_when_nothing_is_trusted():
+    """Default trust rule: a client cannot claim to have come over https or for
+    another host; XFF keeps its entries and gets the real peer appended."""
+    headers = [
+        (b"Host", b"inner"),
+        (b"X-Forwarded-Proto", b"http"),
+        (b"x-forwarded-host", b"outer.example"),
+        (b"X-Forwarded-For", b"6.6.6.6"),
+    ]
+    out = upstream_request_headers(headers, body_length=0, request_id="r", forwarded=FWD)
+    assert out == [
+        (b"Host", b"inner"),
+        (b"X-Forwarded-For", b"6.6.6.6, 10.0.0.7"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Forwarded-Host", b"inner"),
+        (REQUEST_ID, b"r"),
+    ]
+
+
+def test_existing_forwarded_proto_and_host_kept_behind_trusted_hops():
     headers = [
         (b"Host", b"inner"),
         (b"X-Forwarded-Proto", b"http"),
         (b"x-forwarded-host", b"outer.example"),
     ]
-    out = upstream_request_headers(headers, body_length=0, request_id="r", forwarded=FWD)
+    out = upstream_request_headers(headers, body_length=0, request_id="r", forwarded=TRUSTING)
     assert out == [
         (b"Host", b"inner"),
         (b"X-Forwarded-Proto", b"http"),

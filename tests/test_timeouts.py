@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import asyncio
 
-from hqm.clock import ManualClock
-from hqm.config import Address, ProxySettings, WorkerSettings
-from hqm.proto.limits import Limits
-from hqm.runtime import Bound, run_proxy
+from hqm.assembly import Bound, run_proxy
+from hqm.config.build import proxy_from
+from hqm.io.clock import ManualClock
 
 
-async def _with_proxy(scenario, limits: Limits):
+async def _yield_to_loop() -> None:
+    """Let the loop run every ready callback (no wall time passes)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def _with_proxy(scenario, limits: dict[str, str]):
     clock = ManualClock()
     stop = asyncio.Event()
     ready: asyncio.Future[Bound] = asyncio.get_running_loop().create_future()
-    settings = ProxySettings(
-        listen=Address("127.0.0.1", 0),
-        upstream=Address("127.0.0.1", 9),
-        admin=Address("127.0.0.1", 0),
-        limits=limits,
-        embedded_worker=WorkerSettings(consumer="t", max_attempts=1),
-        drain_timeout_s=1,
+    settings = proxy_from(
+        {
+            "listen": "127.0.0.1:0",
+            "upstream": "127.0.0.1:9",
+            "admin": "127.0.0.1:0",
+            "max-attempts": "1",
+            "drain-timeout": "1",
+            **limits,
+        }
     )
     task = asyncio.create_task(
         run_proxy(settings, stop=stop, on_ready=ready.set_result, clock=clock)
@@ -42,15 +49,14 @@ def test_slow_head_gets_408_and_close():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
         await writer.drain()
-        await asyncio.sleep(0)  # let the server read what we sent (no wall time passes)
-        for _ in range(50):
-            await asyncio.sleep(0)
+        await _yield_to_loop()  # the server has read what we sent
         clock.advance(9.9)
-        assert not reader.at_eof()
+        await _yield_to_loop()  # anything the server wrote or closed has reached us
+        assert reader._buffer == b"" and not reader.at_eof()  # nothing yet: 10 s not up
         clock.advance(0.2)
         return await _read_all(reader)
 
-    out = asyncio.run(_with_proxy(scenario, Limits(header_timeout_s=10)))
+    out = asyncio.run(_with_proxy(scenario, {"header-timeout": "10"}))
     assert out.startswith(b"HTTP/1.1 408 ")
     assert b"connection: close" in out.lower()
 
@@ -60,12 +66,14 @@ def test_slow_body_gets_408():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
         await writer.drain()
-        for _ in range(50):
-            await asyncio.sleep(0)
-        clock.advance(31)
+        await _yield_to_loop()
+        clock.advance(29)
+        await _yield_to_loop()
+        assert reader._buffer == b"" and not reader.at_eof()
+        clock.advance(2)
         return await _read_all(reader)
 
-    out = asyncio.run(_with_proxy(scenario, Limits(body_timeout_s=30)))
+    out = asyncio.run(_with_proxy(scenario, {"body-timeout": "30"}))
     assert out.startswith(b"HTTP/1.1 408 ")
 
 
@@ -83,11 +91,13 @@ def test_idle_keep_alive_connection_is_closed_quietly():
             )
         )
         await reader.readexactly(length)
-        for _ in range(50):
-            await asyncio.sleep(0)
-        clock.advance(76)
+        await _yield_to_loop()
+        clock.advance(74)
+        await _yield_to_loop()
+        assert not reader.at_eof()
+        clock.advance(2)
         return first, await _read_all(reader)
 
-    first, rest = asyncio.run(_with_proxy(scenario, Limits(idle_timeout_s=75)))
+    first, rest = asyncio.run(_with_proxy(scenario, {"idle-timeout": "75"}))
     assert first.startswith(b"HTTP/1.1 404 ")
     assert rest == b""  # closed without a 408: nothing was in progress

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from hqm.config import Address
-from hqm.upstream import PoolSettings, UpstreamError, UpstreamPool
+from hqm.io.address import Address
+from hqm.worker.upstream import PoolSettings, UpstreamError, UpstreamPool
 from tests.redis_server import free_port
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

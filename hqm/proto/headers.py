@@ -51,12 +51,30 @@ def header_value(headers: Iterable[Header], name: bytes) -> bytes | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardingPolicy:
+    """How replays write X-Forwarded-* (Envoy's ``xff_num_trusted_hops`` model).
+
+    ``enabled`` False: hqm writes none and leaves whatever the client sent alone.
+    Otherwise X-Forwarded-For always gets the client address appended (the app takes
+    the rightmost entries it trusts), and X-Forwarded-Proto / X-Forwarded-Host are
+    believed from the request only when ``trusted_hops`` > 0 (hqm sits behind that many
+    proxies of your own); with 0 a client's values are replaced by what hqm saw.
+    """
+
+    enabled: bool
+    trusted_hops: int
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardedInfo:
     """What the proxy knows about the client, for X-Forwarded-* headers."""
 
     client: str
-    proto: str = "http"
-    enabled: bool = True
+    proto: str
+    policy: ForwardingPolicy
+
+
+_FORWARDED_SET = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 
 
 def upstream_request_headers(
@@ -66,9 +84,12 @@ def upstream_request_headers(
 
     Hop-by-hop fields go, Content-Length is set to the stored (de-chunked) body's length
     in the place the client put it (appended when the client sent chunked),
-    X-Forwarded-For/-Proto/-Host are appended and HQM-Request-Id added last.
+    X-Forwarded-* are written by ``forwarded.policy`` and HQM-Request-Id added last.
     """
+    policy = forwarded.policy
     out = strip_hop_by_hop(headers)
+    if policy.enabled and not policy.trusted_hops:  # a client's own claims are dropped
+        out = [(name, value) for name, value in out if name.lower() not in _FORWARDED_SET]
     has_length = False
     xff_index = -1
     host = None
@@ -88,7 +109,7 @@ def upstream_request_headers(
             host = value
     if not has_length and body_length:
         out.append((b"Content-Length", str(body_length).encode()))
-    if forwarded.enabled:
+    if policy.enabled:
         client = forwarded.client.encode()
         if xff_index >= 0:
             name, value = out[xff_index]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hqm.proto.envelope import RequestRecord, ResponseRecord, error_response
+from hqm.proto.limits import RESULT_TTL_S
 from hqm.queue.base import (
     DeadLetter,
     Delivery,
@@ -40,7 +41,7 @@ class MemoryQueue(Queue):
         name: str = "default",
         *,
         max_depth: int = 0,
-        result_ttl_s: float = 86400.0,
+        result_ttl_s: float = RESULT_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name

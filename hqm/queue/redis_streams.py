@@ -44,6 +44,7 @@ from hqm.proto.envelope import (
     encode_response,
     error_response,
 )
+from hqm.proto.limits import RESULT_TTL_S
 from hqm.queue.base import (
     DeadLetter,
     Delivery,
@@ -119,7 +120,7 @@ class RedisQueue(Queue):
         name: str = "default",
         *,
         max_depth: int = 0,
-        result_ttl_s: float = 86400.0,
+        result_ttl_s: float = RESULT_TTL_S,
         instance_id: str | None = None,
         connect_timeout_s: float = 1.0,
         command_timeout_s: float = 5.0,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-from hqm.clock import Clock, LoopClock, Timer
+from hqm.io.clock import Clock, LoopClock, Timer
 from hqm.proto.limits import Limits
 from hqm.proto.server import (
     PeerClosed,

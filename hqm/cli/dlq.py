@@ -8,22 +8,9 @@ import datetime
 import click
 import orjson
 
+from hqm.cli.common import UsageFailure, settings_or_exit, table_options
+from hqm.config.tables import DLQ
 from hqm.queue.base import DeadLetter, Queue, QueueError
-
-#: URL schemes the Redis backend connects to (hqm.queue.redis_streams).
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
-
-
-def check_redis_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: refuse a --redis URL no backend speaks, before anything connects."""
-    if value is None or (value == "" and not param.required):
-        return None  # the proxy without --redis (or HQM_PROXY_REDIS=""): embedded queue
-    if "://" not in value or value.partition("://")[0] not in REDIS_SCHEMES:
-        raise click.BadParameter(
-            f"expected redis://[:PASSWORD@]HOST:PORT/DB (or {', '.join(REDIS_SCHEMES[1:])}), "
-            f"got {value!r}"
-        )
-    return value
 
 
 def _open(redis_url: str, queue: str) -> Queue:
@@ -60,7 +47,7 @@ def _run(redis_url: str, queue: str, action):
         try:
             q = _open(redis_url, queue)
         except ValueError as exc:  # a URL redis-py cannot use (bad port, sentinel path)
-            raise click.BadParameter(str(exc), param_hint="'--redis'") from None
+            raise UsageFailure(f"--redis: {exc}") from None
         try:
             return await action(q)
         finally:
@@ -72,22 +59,9 @@ def _run(redis_url: str, queue: str, action):
         raise click.ClickException(f"queue unavailable: {exc}") from None
 
 
-_options = [
-    click.option(
-        "--redis",
-        "redis_url",
-        required=True,
-        callback=check_redis_url,
-        help="redis:// URL of the queue.",
-    ),
-    click.option("--queue", default="default", show_default=True),
-]
-
-
-def _with_options(func):
-    for option in reversed(_options):
-        func = option(func)
-    return func
+def _values(flags: dict) -> tuple[str, str]:
+    values = settings_or_exit(DLQ, flags)
+    return values["redis"], values["queue"]
 
 
 @click.group()
@@ -96,12 +70,13 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@_with_options
-@click.option("--count", type=int, default=100, show_default=True)
+@table_options(DLQ)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def list_(redis_url: str, queue: str, count: int, as_json: bool) -> None:
+def list_(as_json: bool, **flags) -> None:
     """List dead letters, oldest first."""
-    letters = _run(redis_url, queue, lambda q: q.dead_letters(count))
+    values = settings_or_exit(DLQ, flags)
+    count = values["count"]
+    letters = _run(values["redis"], values["queue"], lambda q: q.dead_letters(count))
     if as_json:
         for letter in letters:
             click.echo(orjson.dumps(_letter_dict(letter, full=False)))
@@ -121,11 +96,12 @@ def list_(redis_url: str, queue: str, count: int, as_json: bool) -> None:
 
 
 @dlq.command()
-@_with_options
+@table_options(DLQ, without=("count",))
 @click.argument("entry")
 @click.option("--json", "as_json", is_flag=True)
-def show(redis_url: str, queue: str, entry: str, as_json: bool) -> None:
+def show(entry: str, as_json: bool, **flags) -> None:
     """Show one dead letter in full."""
+    redis_url, queue = _values(flags)
     letter = _run(redis_url, queue, lambda q: q.dead_letter_get(entry))
     if letter is None:
         raise click.ClickException(f"no dead letter {entry!r} in queue {queue!r}")
@@ -145,14 +121,15 @@ def show(redis_url: str, queue: str, entry: str, as_json: bool) -> None:
 
 
 @dlq.command()
-@_with_options
+@table_options(DLQ, without=("count",))
 @click.argument("entry", required=False)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
 @click.option("--json", "as_json", is_flag=True)
-def replay(redis_url: str, queue: str, entry: str | None, replay_all: bool, as_json: bool) -> None:
+def replay(entry: str | None, replay_all: bool, as_json: bool, **flags) -> None:
     """Queue dead letters again (attempts start over)."""
     if bool(entry) == replay_all:
         raise click.UsageError("give one ENTRY or --all")
+    redis_url, queue = _values(flags)
 
     async def action(q: Queue) -> list[str]:
         if entry:
@@ -174,11 +151,12 @@ def replay(redis_url: str, queue: str, entry: str | None, replay_all: bool, as_j
 
 
 @dlq.command()
-@_with_options
+@table_options(DLQ, without=("count",))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True)
-def purge(redis_url: str, queue: str, yes: bool, as_json: bool) -> None:
+def purge(yes: bool, as_json: bool, **flags) -> None:
     """Delete every dead letter of the queue."""
+    redis_url, queue = _values(flags)
     if not yes:
         click.confirm(f"Delete every dead letter of queue {queue!r}?", abort=True)
     count = _run(redis_url, queue, lambda q: q.purge_dead_letters())

@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 
-from hqm.config import ProxySettings
-from hqm.http_server import Peer, Reply
-from hqm.metrics import ProxyMetrics
+from hqm.ingress.settings import ProxySettings
+from hqm.io.http_server import Peer, Reply
+from hqm.ops.metrics import ProxyMetrics
 from hqm.proto.envelope import RequestRecord, ResponseRecord
 from hqm.proto.headers import REQUEST_ID, client_response_headers
 from hqm.proto.limits import RETRY_AFTER_S

@@ -11,17 +11,19 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from hqm.admin import AdminHandler
-from hqm.clock import Clock
-from hqm.config import Address, ConfigError, ProxySettings, WorkerSettings
-from hqm.http_server import ConnectionTracker, serve
-from hqm.metrics import ProxyMetrics, WorkerMetrics
+from hqm.ingress.handler import ProxyHandler
+from hqm.ingress.settings import ProxySettings
+from hqm.io.address import Address
+from hqm.io.clock import Clock
+from hqm.io.http_server import ConnectionTracker, serve
+from hqm.ops.admin import AdminHandler
+from hqm.ops.metrics import ProxyMetrics, WorkerMetrics
 from hqm.proto.limits import Limits
-from hqm.proxy import ProxyHandler
 from hqm.queue.base import Queue, QueueUnavailable
 from hqm.queue.memory import MemoryQueue
-from hqm.upstream import PoolSettings, UpstreamPool
-from hqm.worker import Worker
+from hqm.worker.loop import Worker
+from hqm.worker.settings import WorkerSettings
+from hqm.worker.upstream import UpstreamPool
 
 log = logging.getLogger("hqm")
 
@@ -36,16 +38,27 @@ class Bound:
 
 @dataclass(frozen=True, slots=True)
 class WorkerRun:
+    """What ``hqm worker`` runs with."""
+
     upstream: Address
     redis_url: str
     worker: WorkerSettings
-    queue: str = "default"
-    admin: Address | None = None
-    result_ttl_s: float = 86400.0
+    queue: str
+    #: None: no admin listener.
+    admin: Address | None
+    result_ttl_s: float
+
+
+class StartError(Exception):
+    """The process cannot start as configured; the message names the option."""
+
+
+class ListenError(StartError):
+    """A listener could not bind (the port is taken, the address is not ours)."""
 
 
 async def open_queue(
-    redis_url: str | None, name: str, *, max_depth: int = 0, result_ttl_s: float = 86400.0
+    redis_url: str | None, name: str, *, max_depth: int, result_ttl_s: float
 ) -> Queue:
     if not redis_url:
         return MemoryQueue(name, max_depth=max_depth, result_ttl_s=result_ttl_s)
@@ -54,7 +67,7 @@ async def open_queue(
     try:
         queue = RedisQueue(redis_url, name, max_depth=max_depth, result_ttl_s=result_ttl_s)
     except ValueError as exc:  # a URL redis-py cannot use: a usage error, not a crash
-        raise ConfigError(f"--redis: {exc}") from None
+        raise StartError(f"--redis: {exc}") from None
     try:
         await queue.start()
     except QueueUnavailable as exc:
@@ -74,13 +87,24 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+async def _listen(flag: str, address: Address, handler, **kwargs) -> asyncio.Server:
+    try:
+        return await serve(handler, address.host, address.port, **kwargs)
+    except OSError as exc:
+        hint = " (another hqm on this host? give each its own --admin, or --admin off)"
+        raise ListenError(
+            f"{flag} {address}: cannot listen: {exc.strerror or exc}"
+            + (hint if flag == "--admin" else "")
+        ) from None
+
+
 async def _serve_admin(
     address: Address | None, handler: AdminHandler
 ) -> tuple[asyncio.Server | None, ConnectionTracker]:
     tracker = ConnectionTracker()
     if address is None:
         return None, tracker
-    server = await serve(handler, address.host, address.port, limits=Limits(), tracker=tracker)
+    server = await _listen("--admin", address, handler, limits=Limits(), tracker=tracker)
     return server, tracker
 
 
@@ -101,18 +125,18 @@ async def run_proxy(
     )
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry)
-    pool = UpstreamPool(settings.upstream)
+    embedded = settings.embedded_worker
+    pool = UpstreamPool(settings.upstream, embedded.pool if embedded else None)
     worker = worker_task = None
-    if settings.redis_url is None:
+    if embedded is not None:
         log.warning(
             "embedded queue: requests are held in this process only and are lost if it "
             "exits; pass --redis redis://HOST:6379/0 for a durable queue"
         )
-        assert settings.embedded_worker is not None
         worker = Worker(
             queue=queue,
             pool=pool,
-            settings=settings.embedded_worker,
+            settings=embedded,
             metrics=WorkerMetrics(registry),
         )
         worker_task = asyncio.get_running_loop().create_task(worker.run())
@@ -126,10 +150,10 @@ async def run_proxy(
             metrics.queue_depth.labels(settings.queue).set(await queue.depth())
 
     handler = ProxyHandler(queue=queue, settings=settings, metrics=metrics)
-    server = await serve(
+    server = await _listen(
+        "--listen",
+        settings.listen,
         handler,
-        settings.listen.host,
-        settings.listen.port,
         limits=settings.limits,
         tracker=tracker,
         clock=clock,
@@ -172,16 +196,9 @@ async def run_worker(
 ) -> None:
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    queue = await open_queue(run.redis_url, run.queue, result_ttl_s=run.result_ttl_s)
+    queue = await open_queue(run.redis_url, run.queue, max_depth=0, result_ttl_s=run.result_ttl_s)
     registry = CollectorRegistry()
-    pool = UpstreamPool(
-        run.upstream,
-        PoolSettings(
-            connect_timeout_s=run.worker.connect_timeout_s,
-            read_timeout_s=run.worker.read_timeout_s,
-            pool_size=max(run.worker.concurrency, 1),
-        ),
-    )
+    pool = UpstreamPool(run.upstream, run.worker.pool)
     worker = Worker(queue=queue, pool=pool, settings=run.worker, metrics=WorkerMetrics(registry))
 
     async def ready() -> bool:
@@ -212,11 +229,13 @@ async def run_worker(
             extra={"in_flight": worker.in_flight, "timeout_s": run.worker.drain_timeout_s},
         )
     worker.stop()
-    await task
     stopper.cancel()
-    if admin is not None:
-        admin.close()
-        await admin_tracker.drain(0)
-    await pool.close()
-    await queue.close()
-    log.info("worker stopped")
+    try:
+        await task  # QueueUnreachable in burst mode: the caller exits non-zero
+    finally:
+        if admin is not None:
+            admin.close()
+            await admin_tracker.drain(0)
+        await pool.close()
+        await queue.close()
+        log.info("worker stopped")

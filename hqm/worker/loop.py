@@ -10,13 +10,12 @@ from collections.abc import Callable
 
 from prometheus_client import Histogram
 
-from hqm.config import WorkerSettings
-from hqm.metrics import WorkerMetrics
+from hqm.ops.metrics import WorkerMetrics
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.headers import ForwardedInfo, header_value, upstream_request_headers
 from hqm.queue.base import Delivery, Queue, QueueError
-from hqm.ratelimit import RateLimiter
-from hqm.retry import (
+from hqm.worker.ratelimit import RateLimiter
+from hqm.worker.retry import (
     RETRY_ANY_METHOD,
     RETRY_IDEMPOTENT,
     Failure,
@@ -24,13 +23,18 @@ from hqm.retry import (
     may_retry,
     parse_retry_after,
 )
-from hqm.upstream import UpstreamError, UpstreamPool
+from hqm.worker.settings import WorkerSettings
+from hqm.worker.upstream import UpstreamError, UpstreamPool
 
-log = logging.getLogger("hqm.worker")
+log = logging.getLogger("hqm.worker.loop")
 
 _RETRY_STATUSES = RETRY_ANY_METHOD | RETRY_IDEMPOTENT
 #: Upper bound on the pause after a queue error (Redis down): reconnect backoff.
 _MAX_QUEUE_BACKOFF_S = 5.0
+
+
+class QueueUnreachable(Exception):
+    """Burst mode gave up on a queue that stayed unreachable."""
 
 
 class Worker:
@@ -78,17 +82,30 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
+        """Claim and process until stopped. In burst mode, return once the queue is
+        empty, or raise QueueUnreachable once it stayed unreachable for the burst
+        timeout (a batch job must end, not retry forever)."""
         backoff = 0.1
-        while not self._stopping:
-            try:
-                if not await self._step():
-                    break
-                backoff = 0.1
-            except QueueError as exc:
-                log.warning("queue unavailable: %s; retrying in %.1f s", exc, backoff)
-                await self._pause(backoff)
-                backoff = min(_MAX_QUEUE_BACKOFF_S, backoff * 2)
-        await self._drain()
+        unreachable_since: float | None = None
+        try:
+            while not self._stopping:
+                try:
+                    if not await self._step():
+                        break
+                    backoff, unreachable_since = 0.1, None
+                except QueueError as exc:
+                    now = time.monotonic()
+                    unreachable_since = unreachable_since or now
+                    limit = self._settings.burst_queue_timeout_s
+                    if self._settings.burst and now - unreachable_since >= limit:
+                        raise QueueUnreachable(
+                            f"queue unreachable for {limit:g} s in burst mode: {exc}"
+                        ) from None
+                    log.warning("queue unavailable: %s; retrying in %.1f s", exc, backoff)
+                    await self._pause(backoff)
+                    backoff = min(_MAX_QUEUE_BACKOFF_S, backoff * 2)
+        finally:
+            await self._drain()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` unless stopped first."""
@@ -202,9 +219,7 @@ class Worker:
             body_length=len(record.body),
             request_id=record.id,
             forwarded=ForwardedInfo(
-                client=record.client,
-                proto=record.scheme,
-                enabled=self._settings.forwarded_headers,
+                client=record.client, proto=record.scheme, policy=self._settings.forwarding
             ),
         )
         started = time.perf_counter()

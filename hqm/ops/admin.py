@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from hqm.http_server import Peer, Reply
-from hqm.metrics import render
+from hqm.io.http_server import Peer, Reply
+from hqm.ops.metrics import render
 from hqm.proto.server import RequestHead
 
 _TEXT = (b"Content-Type", b"text/plain; charset=utf-8")

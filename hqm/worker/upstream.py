@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from hqm.config import Address
+from hqm.io.address import Address
 from hqm.proto import limits as L
 from hqm.proto.client import ClientConnection
 from hqm.proto.envelope import ResponseRecord

@@ -1,0 +1,26 @@
+"""The ``hqm`` command line: one module per command, options from ``hqm.config``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from hqm import __version__
+from hqm.cli.config_check import config
+from hqm.cli.dlq import dlq
+from hqm.cli.proxy import proxy
+from hqm.cli.worker import worker
+
+
+@click.group(context_settings={"max_content_width": 100})
+@click.version_option(__version__, prog_name="hqm")
+def main() -> None:
+    """OpenHQM: a durable queue in front of any HTTP/1.1 app."""
+
+
+for _command in (proxy, worker, dlq, config):
+    main.add_command(_command)
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

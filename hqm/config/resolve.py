@@ -1,0 +1,190 @@
+"""Where each setting comes from: flag > environment > config file > default.
+
+``resolve`` turns one command's raw flags, the environment and the ``--config`` file
+into checked values, each with its source; the TOML file is read with ``tomllib`` and
+checked whole (unknown sections or keys and wrong types are errors naming the key and
+the file).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from hqm.config.options import ConfigError, Option
+from hqm.config.tables import COMMANDS, Command
+
+#: Sections the routes issue adds; refused until they exist rather than ignored.
+_NOT_YET = ("routes", "upstreams")
+
+
+class Source(StrEnum):
+    FLAG = "flag"
+    ENV = "env"
+    FILE = "file"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    option: Option
+    value: Any
+    source: Source
+    #: Exactly where: "--mode", "HQM_PROXY_MODE", "hqm.toml [proxy] mode", "default".
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    path: str
+    #: Checked values per section ("" = top level), by option key.
+    sections: Mapping[str, Mapping[str, Any]]
+
+    def lookup(self, command: Command, option: Option) -> tuple[Any, str] | None:
+        section = self.sections.get(command.name, {})
+        if option.key in section:
+            return section[option.key], f"{self.path} [{command.name}] {option.key}"
+        if option.shared and option.key in self.sections.get("", {}):
+            return self.sections[""][option.key], f"{self.path} {option.key}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """One command's settings, in table order."""
+
+    command: Command
+    settings: tuple[Setting, ...]
+
+    def __getitem__(self, name: str) -> Any:
+        for setting in self.settings:
+            if setting.option.name == name:
+                return setting.value
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[Setting]:
+        return iter(self.settings)
+
+
+def _parse(option: Option, raw: Any, where: str) -> Any:
+    try:
+        return option.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _unknown(where: str, key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"{where} {key}: unknown key{hint}")
+
+
+def _shared_keys() -> dict[str, Option]:
+    return {o.key: o for c in COMMANDS.values() for o in c.options if o.shared and o.in_file}
+
+
+def load_file(path: str) -> ConfigFile:
+    """Read and check a config file; every problem is a ConfigError naming it."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
+    shared = _shared_keys()
+    sections: dict[str, dict[str, Any]] = {"": {}}
+    for name, value in data.items():
+        if name in COMMANDS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [{name}] must be a table, got {value!r}")
+            sections[name] = _check_section(path, COMMANDS[name], value)
+        elif name in _NOT_YET:
+            raise ConfigError(f"{path}: [{name}] is not supported by this version of hqm")
+        elif name in shared:
+            sections[""][name] = _parse(shared[name], value, f"{path} {name}")
+        else:
+            known = [*COMMANDS, *shared]
+            raise _unknown(f"{path}:", name, known)
+    return ConfigFile(path, sections)
+
+
+def _check_section(path: str, command: Command, values: dict[str, Any]) -> dict[str, Any]:
+    options = {o.key: o for o in command.options if o.in_file}
+    out = {}
+    for key, raw in values.items():
+        option = options.get(key)
+        if option is None:
+            raise _unknown(f"{path} [{command.name}]", key, list(options))
+        out[key] = _parse(option, raw, f"{path} [{command.name}] {key}")
+    return out
+
+
+def resolve(command: Command, flags: Mapping[str, Any], env: Mapping[str, str]) -> Effective:
+    """Every option of ``command``: flag > environment > file > default.
+
+    ``flags`` maps option dests to what click parsed (None: not given).
+    """
+    config_path = _config_path(command, flags, env)
+    config = load_file(config_path) if config_path else None
+    settings = []
+    for option in command.options:
+        setting = _one(command, option, flags, env, config)
+        if option.required and setting.value is None:
+            names = " or ".join(command.env_names(option))
+            raise ConfigError(
+                f"{option.flag} is required (or {names}, or {option.key} in [{command.name}] "
+                "of the --config file)"
+            )
+        settings.append(setting)
+    effective = Effective(command, tuple(settings))
+    _check_embedded_only(effective)
+    return effective
+
+
+def _config_path(command: Command, flags: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    option = command.option("config")
+    if flags.get(option.dest) is not None:
+        return _parse(option, flags[option.dest], option.flag)
+    for name in command.env_names(option):
+        if name in env:
+            return _parse(option, env[name], f"{name} ({option.flag})")
+    return ""
+
+
+def _one(
+    command: Command,
+    option: Option,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config: ConfigFile | None,
+) -> Setting:
+    raw = flags.get(option.dest)
+    if raw is not None:
+        return Setting(option, _parse(option, raw, option.flag), Source.FLAG, option.flag)
+    for name in command.env_names(option):
+        if name in env:
+            value = _parse(option, env[name], f"{name} ({option.flag})")
+            return Setting(option, value, Source.ENV, name)
+    found = config.lookup(command, option) if config is not None and option.in_file else None
+    if found is not None:
+        return Setting(option, found[0], Source.FILE, found[1])
+    default = None if option.default is None else option.parse(option.default)
+    return Setting(option, default, Source.DEFAULT, "default")
+
+
+def _check_embedded_only(effective: Effective) -> None:
+    """With Redis the proxy runs no worker: its worker options would be ignored."""
+    if effective.command.name != "proxy" or effective["redis"] is None:
+        return
+    for setting in effective:
+        if setting.option.embedded_worker and setting.source is not Source.DEFAULT:
+            raise ConfigError(
+                f"{setting.origin}: configures only the in-process worker of the embedded "
+                f"queue; with --redis the proxy runs no worker: give {setting.option.flag} "
+                "to `hqm worker`"
+            )

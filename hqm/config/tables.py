@@ -1,0 +1,331 @@
+"""The options tables: one per command, the single source of every option's name,
+type, default, range and help. Each default is written here once (protocol limits
+once in ``hqm.proto.limits``, with their reasons, and referenced here).
+
+An option of command ``proxy`` named ``max-body`` is the flag ``--max-body``, the
+environment variable ``HQM_PROXY_MAX_BODY`` and the key ``max_body`` in the ``[proxy]``
+section of the ``--config`` file. Shared options are also ``HQM_<FLAG>`` and a
+top-level key, so one environment block or file serves proxy and worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hqm.config.options import (
+    Option,
+    boolean,
+    choice,
+    integer,
+    listen_address,
+    number,
+    path,
+    redact_url,
+    redis_url,
+    text,
+    upstream_address,
+)
+from hqm.proto import limits as L
+
+REPLY_MODES = ("async", "wait", "fire")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: Largest value accepted for a duration: a year. Beyond it a typo, not a wish.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    options: tuple[Option, ...]
+
+    def option(self, name: str) -> Option:
+        for option in self.options:
+            if option.name == name:
+                return option
+        raise KeyError(name)
+
+    def env_names(self, option: Option) -> tuple[str, ...]:
+        """Environment variables of ``option``, the first one winning."""
+        own = f"HQM_{self.name.upper()}_{option.key.upper()}"
+        return (own, f"HQM_{option.key.upper()}") if option.shared else (own,)
+
+
+def seconds(*, zero_ok: bool) -> object:
+    return number(low=0.0, high=MAX_SECONDS, low_open=not zero_ok)
+
+
+# --- shared by proxy and worker ----------------------------------------------------
+CONFIG = Option(
+    "config",
+    "path",
+    None,
+    "TOML file with [proxy] / [worker] sections; flags and environment win over it.",
+    path,
+    shared=True,
+    in_file=False,
+)
+UPSTREAM = Option(
+    "upstream",
+    "address",
+    None,
+    "The app: HOST:PORT or http://HOST:PORT.",
+    upstream_address,
+    required=True,
+    shared=True,
+)
+QUEUE = Option(
+    "queue",
+    "name",
+    "default",
+    "Queue name.",
+    text(max_len=100),
+    shared=True,
+)
+RESULT_TTL = Option(
+    "result-ttl",
+    "seconds",
+    float(L.RESULT_TTL_S),
+    "Seconds a finished result stays collectable.",
+    seconds(zero_ok=False),
+    shared=True,
+)
+DRAIN_TIMEOUT = Option(
+    "drain-timeout",
+    "seconds",
+    L.DRAIN_TIMEOUT_S,
+    "On SIGTERM/SIGINT, seconds in-flight requests get to finish.",
+    seconds(zero_ok=True),
+    shared=True,
+)
+LOG_LEVEL = Option(
+    "log-level",
+    "choice",
+    "info",
+    f"JSON logs on stderr: {', '.join(LOG_LEVELS)}.",
+    choice(*LOG_LEVELS),
+    shared=True,
+)
+
+# --- the worker loop (hqm worker; on hqm proxy: its in-process worker) ---------------
+_WORKER_LOOP = (
+    Option(
+        "concurrency",
+        "int",
+        16,
+        "Hard cap on requests in flight to the app.",
+        integer(low=1, high=10_000),
+    ),
+    Option("rate", "req/s", 0.0, "Requests/s to the app; 0 = no limit.", number(low=0.0)),
+    Option("max-attempts", "int", 5, "Attempts before dead-lettering.", integer(low=1, high=1000)),
+    Option(
+        "max-deliveries",
+        "int",
+        10,
+        "Deliveries before an entry that keeps killing workers is dead-lettered.",
+        integer(low=1, high=1000),
+    ),
+    Option(
+        "retry-base",
+        "seconds",
+        0.5,
+        "Backoff base, seconds (exponential, full jitter).",
+        seconds(zero_ok=False),
+    ),
+    Option("retry-max", "seconds", 30.0, "Backoff cap, seconds.", seconds(zero_ok=False)),
+    Option(
+        "visibility-timeout",
+        "seconds",
+        30.0,
+        "Seconds before another worker takes over an unfinished entry.",
+        seconds(zero_ok=False),
+    ),
+    Option(
+        "connect-timeout",
+        "seconds",
+        L.CONNECT_TIMEOUT_S,
+        "Connecting to the app, seconds.",
+        seconds(zero_ok=False),
+    ),
+    Option(
+        "read-timeout",
+        "seconds",
+        L.READ_TIMEOUT_S,
+        "The app's complete answer, seconds.",
+        seconds(zero_ok=False),
+    ),
+    Option(
+        "forwarded-headers",
+        "bool",
+        True,
+        "Write X-Forwarded-For/-Proto/-Host at replay.",
+        boolean,
+        switch=True,
+        negatable=True,
+    ),
+    Option(
+        "trusted-hops",
+        "int",
+        0,
+        "Proxies in front of hqm whose X-Forwarded-Proto/-Host are believed; "
+        "0 = a client's are replaced.",
+        integer(low=0, high=10),
+    ),
+)
+
+
+def _embedded(option: Option) -> Option:
+    """The same option on ``hqm proxy``, where it configures the in-process worker."""
+    from dataclasses import replace
+
+    return replace(option, embedded_worker=True, help=option.help + " (embedded queue only)")
+
+
+PROXY = Command(
+    "proxy",
+    (
+        Option(
+            "listen",
+            "address",
+            ":8000",
+            ":PORT or HOST:PORT clients connect to.",
+            listen_address(),
+        ),
+        UPSTREAM,
+        Option(
+            "admin",
+            "address",
+            "127.0.0.1:9090",
+            "/metrics, /healthz, /readyz listener; 'off' for none.",
+            listen_address(off=True),
+        ),
+        Option(
+            "redis",
+            "url",
+            None,
+            "redis:// URL of the queue (rediss:// for TLS); none = embedded, not durable.",
+            redis_url(none_ok=True),
+            shared=True,
+            display=redact_url,
+        ),
+        QUEUE,
+        Option("mode", "choice", "async", "Reply mode: async, wait or fire.", choice(*REPLY_MODES)),
+        Option("wait", "seconds", L.WAIT_S, "Wait-mode hold, seconds.", seconds(zero_ok=True)),
+        Option(
+            "max-wait", "seconds", L.MAX_WAIT_S, "Cap on Prefer: wait=N.", seconds(zero_ok=True)
+        ),
+        Option(
+            "max-body",
+            "bytes",
+            L.MAX_BODY_BYTES,
+            "Request body limit (413).",
+            integer(low=0, high=1 << 40),
+        ),
+        Option(
+            "max-header-bytes",
+            "bytes",
+            L.MAX_HEADER_BYTES,
+            "Request line + headers limit (431).",
+            integer(low=1024, high=1 << 24),
+        ),
+        Option(
+            "max-depth", "int", 0, "Backlog limit (503); 0 = none.", integer(low=0, high=1 << 40)
+        ),
+        Option(
+            "header-timeout",
+            "seconds",
+            L.HEADER_TIMEOUT_S,
+            "A request head must arrive within this (408).",
+            seconds(zero_ok=False),
+        ),
+        Option(
+            "body-timeout",
+            "seconds",
+            L.BODY_TIMEOUT_S,
+            "The rest of a body must arrive within this (408).",
+            seconds(zero_ok=False),
+        ),
+        Option(
+            "idle-timeout",
+            "seconds",
+            L.IDLE_TIMEOUT_S,
+            "Idle keep-alive connections are closed after this.",
+            seconds(zero_ok=False),
+        ),
+        RESULT_TTL,
+        DRAIN_TIMEOUT,
+        LOG_LEVEL,
+        CONFIG,
+        *(_embedded(option) for option in _WORKER_LOOP),
+    ),
+)
+
+WORKER = Command(
+    "worker",
+    (
+        Option(
+            "redis",
+            "url",
+            None,
+            "redis:// URL of the queue (rediss:// for TLS).",
+            redis_url(none_ok=False),
+            required=True,
+            shared=True,
+            display=redact_url,
+        ),
+        UPSTREAM,
+        QUEUE,
+        Option(
+            "consumer",
+            "name",
+            None,
+            "Stable consumer name in the group.",
+            text(max_len=200),
+            default_text="HOST-PID",
+        ),
+        Option(
+            "admin",
+            "address",
+            "127.0.0.1:9091",
+            "/metrics, /healthz, /readyz listener; 'off' for none.",
+            listen_address(off=True),
+        ),
+        Option(
+            "burst",
+            "bool",
+            False,
+            "Exit 0 once the queue is empty (tests, batch jobs).",
+            boolean,
+            switch=True,
+        ),
+        Option(
+            "burst-timeout",
+            "seconds",
+            30.0,
+            "In burst mode, exit 1 when the queue stays unreachable this long.",
+            seconds(zero_ok=False),
+        ),
+        *_WORKER_LOOP,
+        RESULT_TTL,
+        DRAIN_TIMEOUT,
+        LOG_LEVEL,
+        CONFIG,
+    ),
+)
+
+DLQ = Command(
+    "dlq",
+    (
+        WORKER.option("redis"),
+        QUEUE,
+        Option(
+            "count",
+            "int",
+            100,
+            "Dead letters `dlq list` shows.",
+            integer(low=1, high=1_000_000),
+        ),
+        CONFIG,
+    ),
+)
+
+COMMANDS = {command.name: command for command in (PROXY, WORKER, DLQ)}

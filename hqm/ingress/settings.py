@@ -1,0 +1,32 @@
+"""What the proxy's ingress runs with. Built from the options tables (``hqm.config``),
+which hold every default; nothing here repeats one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hqm.io.address import Address
+from hqm.proto.limits import Limits
+from hqm.worker.settings import WorkerSettings
+
+REPLY_MODES = ("async", "wait", "fire")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    listen: Address
+    upstream: Address
+    #: None: no admin listener (``--admin off``).
+    admin: Address | None
+    #: None: the embedded queue, drained by ``embedded_worker`` in this process.
+    redis_url: str | None
+    queue: str
+    mode: str
+    wait_s: float
+    max_wait_s: float
+    limits: Limits
+    #: Backlog limit (503); 0 = none.
+    max_depth: int
+    result_ttl_s: float
+    drain_timeout_s: float
+    embedded_worker: WorkerSettings | None = None

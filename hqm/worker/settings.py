@@ -1,0 +1,35 @@
+"""What one worker loop runs with. Built from the options tables (``hqm.config``),
+which hold every default; nothing here repeats one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hqm.proto.headers import ForwardingPolicy
+from hqm.worker.upstream import PoolSettings
+
+#: Longest a claim blocks in Redis: bounds how late SIGTERM and maintenance are noticed.
+CLAIM_BLOCK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    consumer: str
+    #: Hard cap on requests in flight to the app.
+    concurrency: int
+    #: Requests/s to the app; 0 means unlimited.
+    rate: float
+    visibility_timeout_s: float
+    max_attempts: int
+    max_deliveries: int
+    retry_base_s: float
+    retry_max_s: float
+    drain_timeout_s: float
+    #: Connections to the app: timeouts, pool size.
+    pool: PoolSettings
+    #: X-Forwarded-* at replay.
+    forwarding: ForwardingPolicy
+    #: Exit once the queue is empty; give up on an unreachable queue after this long.
+    burst: bool = False
+    burst_queue_timeout_s: float = 0.0
+    claim_block_s: float = CLAIM_BLOCK_S
