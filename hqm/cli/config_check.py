@@ -60,8 +60,14 @@ def _source(setting: Setting) -> str:
     return f"{setting.source.value} {setting.origin}"
 
 
+def _used(effective: Effective) -> list[Setting]:
+    """The settings the command will use: with Redis the proxy runs no worker."""
+    no_worker = effective.command.name == "proxy" and effective["redis"] is not None
+    return [s for s in effective if not (no_worker and s.option.embedded_worker)]
+
+
 def _table(effective: Effective) -> str:
-    rows = [(s.option.flag, _shown(s.option, s.value), _source(s)) for s in effective]
+    rows = [(s.option.flag, _shown(s.option, s.value), _source(s)) for s in _used(effective)]
     widths = [max(len(row[i]) for row in [("OPTION", "VALUE", "SOURCE"), *rows]) for i in (0, 1)]
     lines = [f"hqm {effective.command.name}"]
     for flag, value, source in [("OPTION", "VALUE", "SOURCE"), *rows]:
@@ -99,7 +105,7 @@ def check(config_path: str | None, as_json: bool, command: str | None, args: tup
                     "source": s.source.value,
                     "origin": s.origin,
                 }
-                for s in e
+                for s in _used(e)
             ]
             for e in results
         }

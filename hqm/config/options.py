@@ -68,8 +68,27 @@ class Option:
             return self.default_text
         return show(self.default)
 
+    def parse_file(self, raw: Any) -> Any:
+        """A TOML value: its type must be the option's own (``max_body = "5"`` is an
+        error, though ``--max-body 5`` is text like every flag)."""
+        types = _FILE_TYPES.get(self.kind, (str,))
+        if not isinstance(raw, types) or (bool not in types and isinstance(raw, bool)):
+            names = " or ".join(_TOML_NAMES[t] for t in types)
+            raise ValueError(f"expected {names}, got {type(raw).__name__} {raw!r}")
+        return self.parse(raw)
+
     def shown(self, value: Any) -> str:
         return self.display(value) if self.display is not None and value else show(value)
+
+
+_FILE_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "bytes": (int,),
+    "seconds": (int, float),
+    "req/s": (int, float),
+    "bool": (bool,),
+}
+_TOML_NAMES = {int: "an integer", float: "a float", bool: "true or false", str: "a string"}
 
 
 def show(value: Any) -> str:

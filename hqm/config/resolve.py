@@ -70,9 +70,9 @@ class Effective:
         return iter(self.settings)
 
 
-def _parse(option: Option, raw: Any, where: str) -> Any:
+def _parse(option: Option, raw: Any, where: str, *, from_file: bool = False) -> Any:
     try:
-        return option.parse(raw)
+        return option.parse_file(raw) if from_file else option.parse(raw)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -106,7 +106,7 @@ def load_file(path: str) -> ConfigFile:
         elif name in _NOT_YET:
             raise ConfigError(f"{path}: [{name}] is not supported by this version of hqm")
         elif name in shared:
-            sections[""][name] = _parse(shared[name], value, f"{path} {name}")
+            sections[""][name] = _parse(shared[name], value, f"{path} {name}", from_file=True)
         else:
             known = [*COMMANDS, *shared]
             raise _unknown(f"{path}:", name, known)
@@ -120,7 +120,7 @@ def _check_section(path: str, command: Command, values: dict[str, Any]) -> dict[
         option = options.get(key)
         if option is None:
             raise _unknown(f"{path} [{command.name}]", key, list(options))
-        out[key] = _parse(option, raw, f"{path} [{command.name}] {key}")
+        out[key] = _parse(option, raw, f"{path} [{command.name}] {key}", from_file=True)
     return out
 
 

@@ -3,11 +3,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 #: What ``:PORT`` listens on: every IPv4 interface.
 ANY_HOST = "0.0.0.0"
+#: A host name, an IPv4 address or (unbracketed) an IPv6 address.
+_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?")
+
+
+def _host(text: str, original: str) -> str:
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if not _HOST.fullmatch(host) or (":" in host and not text.startswith("[")):
+        raise ValueError(f"not a host name or address: {original!r}")
+    return host
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +41,7 @@ def parse_listen(text: str) -> Address:
     host, sep, port = text.rpartition(":")
     if not sep:
         raise ValueError(f"expected HOST:PORT or :PORT, got {text!r}")
-    return Address(host.strip("[]") or ANY_HOST, _port(port, allow_zero=True))
+    return Address(_host(host, text) if host else ANY_HOST, _port(port, allow_zero=True))
 
 
 def parse_upstream(text: str) -> Address:
@@ -52,4 +62,4 @@ def parse_upstream(text: str) -> Address:
     host, sep, port = text.rpartition(":")
     if not sep or not host.strip("[]"):
         raise ValueError(f"expected HOST:PORT or http://HOST:PORT, got {text!r}")
-    return Address(host.strip("[]"), _port(port, allow_zero=False))
+    return Address(_host(host, text), _port(port, allow_zero=False))

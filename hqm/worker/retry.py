@@ -9,7 +9,7 @@ from email.utils import parsedate_to_datetime
 
 from hqm.proto.envelope import Headers
 from hqm.proto.headers import header_value
-from hqm.worker.upstream import IDEMPOTENT_METHODS
+from hqm.proto.methods import IDEMPOTENT_METHODS
 
 #: 429 and 503 say "not processed, come back later" (RFC 9110 15.6.4, RFC 6585 4):
 #: retried for any method. 502/504 may hide a processed request: idempotent only.

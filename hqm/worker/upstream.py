@@ -11,8 +11,7 @@ from hqm.proto import limits as L
 from hqm.proto.client import ClientConnection
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.errors import ProtocolError
-
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+from hqm.proto.methods import IDEMPOTENT_METHODS
 
 
 class UpstreamError(Exception):
