@@ -108,6 +108,16 @@ async def _serve_admin(
     return server, tracker
 
 
+async def _close(
+    admin: asyncio.Server | None, admin_tracker: ConnectionTracker, pool: UpstreamPool, queue: Queue
+) -> None:
+    if admin is not None:
+        admin.close()
+        await admin_tracker.drain(0)
+    await pool.close()
+    await queue.close()
+
+
 async def run_proxy(
     settings: ProxySettings,
     *,
@@ -180,11 +190,7 @@ async def run_proxy(
     if worker is not None and worker_task is not None:
         worker.stop()
         await worker_task
-    if admin is not None:
-        admin.close()
-        await admin_tracker.drain(0)
-    await pool.close()
-    await queue.close()
+    await _close(admin, admin_tracker, pool, queue)
     log.info("stopped")
 
 
@@ -233,9 +239,5 @@ async def run_worker(
     try:
         await task  # QueueUnreachable in burst mode: the caller exits non-zero
     finally:
-        if admin is not None:
-            admin.close()
-            await admin_tracker.drain(0)
-        await pool.close()
-        await queue.close()
+        await _close(admin, admin_tracker, pool, queue)
         log.info("worker stopped")

@@ -31,18 +31,14 @@ def _xlen(port: int, queue: str = "default") -> int:
     return int(reply[1:].strip())
 
 
+def _proxy_with_env(upstream: str, env: dict[str, str], *args: str) -> HqmProcess:
+    argv = ["proxy", "--listen", "127.0.0.1:0", "--admin", "off", "--upstream", upstream]
+    return HqmProcess(*argv, *args, env=env).wait_ready()
+
+
 @pytest.mark.parametrize("env_name", ["HQM_PROXY_REDIS", "HQM_REDIS"])
 def test_redis_from_the_environment_makes_the_proxy_durable(redis_server, backend, env_name):
-    hqm = HqmProcess(
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "off",
-        "--upstream",
-        backend.address,
-        env={env_name: redis_server.url},
-    ).wait_ready()
+    hqm = _proxy_with_env(backend.address, {env_name: redis_server.url})
     try:
         assert hqm.info["queue"] == "redis"
         for i in range(3):
@@ -79,18 +75,7 @@ def held():
 def test_wait_from_the_environment_holds_about_that_long(held):
     """HQM_PROXY_WAIT=1: past the 1 s hold the client gets the async answer. With the
     30 s default the client's 10 s socket timeout would fire first."""
-    hqm = HqmProcess(
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "off",
-        "--mode",
-        "wait",
-        "--upstream",
-        held.backend.address,
-        env={"HQM_PROXY_WAIT": "1"},
-    ).wait_ready()
+    hqm = _proxy_with_env(held.backend.address, {"HQM_PROXY_WAIT": "1"}, "--mode", "wait")
     try:
         client = socket.create_connection(("127.0.0.1", hqm.port), timeout=10)
         with client:
