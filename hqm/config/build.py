@@ -37,6 +37,7 @@ def worker_settings(values: Effective, *, consumer: str) -> WorkerSettings:
             connect_timeout_s=values["connect-timeout"],
             read_timeout_s=values["read-timeout"],
             pool_size=values["concurrency"],
+            idle_timeout_s=values["upstream-idle-timeout"],
         ),
         forwarding=ForwardingPolicy(values["forwarded-headers"], values["trusted-hops"]),
         burst=burst,

@@ -154,6 +154,14 @@ _WORKER_LOOP = (
         seconds(zero_ok=False),
     ),
     Option(
+        "upstream-idle-timeout",
+        "seconds",
+        L.UPSTREAM_IDLE_TIMEOUT_S,
+        "Close pooled connections to the app idle this long (keep below the app's "
+        "keep-alive).",
+        seconds(zero_ok=True),
+    ),
+    Option(
         "forwarded-headers",
         "bool",
         True,

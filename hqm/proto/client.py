@@ -16,6 +16,7 @@ About three times cheaper than h11 for a small keep-alive exchange.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import h11
 
@@ -281,3 +282,16 @@ class ClientConnection:
             self._rx.clear()
             return
         self._h11.start_next_cycle()
+
+
+_KEEP_ALIVE_TIMEOUT = re.compile(rb"(?:^|[,;\s])timeout\s*=\s*(\d{1,9})(?:$|[,;\s])", re.I)
+
+
+def keep_alive_timeout(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """Seconds from the app's ``Keep-Alive: timeout=N`` (RFC 2068 19.7.1.1), if any."""
+    for name, value in headers:
+        if name.lower() == b"keep-alive":
+            match = _KEEP_ALIVE_TIMEOUT.search(value)
+            if match:
+                return int(match.group(1))
+    return None

@@ -43,6 +43,12 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 #: Keep-alive connections kept per upstream by the client pool.
 POOL_SIZE = 64
+#: A pooled connection to the app idle this long is closed rather than reused: below
+#: the shortest common server keep-alive (gunicorn 2 s; Node, uvicorn, Apache 5 s), so
+#: we, not the app, close idle connections and no request races the app's close.
+UPSTREAM_IDLE_TIMEOUT_S = 1.0
+#: Retire a connection this long before the app's own ``Keep-Alive: timeout=N``.
+KEEP_ALIVE_MARGIN_S = 0.5
 #: Time SIGTERM gives in-flight requests to finish.
 DRAIN_TIMEOUT_S = 30.0
 #: How long a finished result stays collectable.

@@ -4,14 +4,16 @@ client directly; one timer per exchange)."""
 from __future__ import annotations
 
 import asyncio
+import select
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hqm.io.address import Address
 from hqm.proto import limits as L
-from hqm.proto.client import ClientConnection
+from hqm.proto.client import ClientConnection, keep_alive_timeout
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.errors import ProtocolError
-from hqm.proto.methods import IDEMPOTENT_METHODS
 
 
 class UpstreamError(Exception):
@@ -121,15 +123,47 @@ class PoolSettings:
     read_timeout_s: float = L.READ_TIMEOUT_S
     pool_size: int = L.POOL_SIZE
     max_response_bytes: int = L.MAX_RESPONSE_BYTES
+    idle_timeout_s: float = L.UPSTREAM_IDLE_TIMEOUT_S
+
+
+def _peer_closed(conn: _Conn) -> bool:
+    """An idle connection with something to read has been closed (or desynced) by the
+    app, even if the loop has not yet seen the FIN: a poll of the socket tells."""
+    transport = conn.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class UpstreamPool:
-    """Sends one request at a time per connection; idle connections are reused."""
+    """Sends one request at a time per connection; idle connections are reused until
+    the app closes them, they idle past ``idle_timeout_s``, or past the app's own
+    ``Keep-Alive: timeout``.
 
-    def __init__(self, upstream: Address, settings: PoolSettings | None = None) -> None:
+    A reused connection that the app closes or resets before any byte of an answer did
+    not take the request (RFC 9112 section 9.3.1; docs/architecture.md): it is sent again at
+    once on a fresh connection, for any method, and no attempt is spent.
+    """
+
+    def __init__(
+        self,
+        upstream: Address,
+        settings: PoolSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.upstream = upstream
         self._settings = settings or PoolSettings()
-        self._idle: list[_Conn] = []
+        self._clock = clock
+        #: (connection, when it must retire), most recently used last.
+        self._idle: list[tuple[_Conn, float]] = []
+        #: Requests sent again because a reused connection had been closed by the app.
+        self.stale_retries = 0
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -146,12 +180,24 @@ class UpstreamPool:
         return conn
 
     def _checkout(self) -> _Conn | None:
+        now = self._clock()
         while self._idle:
-            conn = self._idle.pop()
-            if conn.usable():
+            conn, retire_at = self._idle.pop()
+            if conn.usable() and now < retire_at and not _peer_closed(conn):
                 return conn
             conn.close()
         return None
+
+    def _checkin(self, conn: _Conn, response: ResponseRecord) -> None:
+        keep_for = self._settings.idle_timeout_s
+        app_timeout = keep_alive_timeout(response.headers)
+        if app_timeout is not None:
+            keep_for = min(keep_for, app_timeout - L.KEEP_ALIVE_MARGIN_S)
+        if keep_for > 0 and len(self._idle) < self._settings.pool_size:
+            conn.proto.start_next_cycle()
+            self._idle.append((conn, self._clock() + keep_for))
+        else:
+            conn.close()
 
     async def request(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
@@ -161,10 +207,7 @@ class UpstreamPool:
             try:
                 return await self._exchange(conn, method, target, headers, body)
             except _StaleConnection:
-                if method not in IDEMPOTENT_METHODS:
-                    raise UpstreamError(
-                        "keep-alive connection closed by the app before answering", reached=True
-                    ) from None
+                self.stale_retries += 1  # the app never took it: send it again
         conn = await self._connect()
         try:
             return await self._exchange(conn, method, target, headers, body)
@@ -216,18 +259,17 @@ class UpstreamPool:
         finally:
             timer.cancel()
             conn.done()
-        if conn.proto.reusable and conn.usable() and len(self._idle) < self._settings.pool_size:
-            conn.proto.start_next_cycle()
-            self._idle.append(conn)
+        if conn.proto.reusable and conn.usable():
+            self._checkin(conn, response)
         else:
             conn.close()
         return response
 
     async def close(self) -> None:
-        for conn in self._idle:
+        for conn, _ in self._idle:
             conn.close()
         self._idle.clear()
 
 
 class _StaleConnection(Exception):
-    """The connection died before any response byte: safe to retry if idempotent."""
+    """A connection died before any byte of a response: the app did not take it."""
