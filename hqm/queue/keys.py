@@ -1,8 +1,8 @@
-"""Every Redis key name hqm uses, in one place (DESIGN.md section 7).
+"""Every Redis key name hqm uses, in one place (docs/architecture.md §4).
 
 All keys of one queue carry the hash tag ``{<queue>}`` so that they live in one
-Redis Cluster slot: the multi-key Lua scripts and MULTI/EXEC blocks of
-``hqm.queue.redis_streams`` are then valid on a cluster too.
+Redis Cluster slot: the multi-key Lua scripts of ``hqm.queue.redis_lua`` are then
+valid on a cluster too.
 """
 
 from __future__ import annotations

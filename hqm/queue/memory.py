@@ -26,6 +26,7 @@ from hqm.queue.base import (
     RequestState,
     Status,
 )
+from hqm.queue.entry_ids import EntryIds, parse_entry_id
 
 
 @dataclass(slots=True)
@@ -56,7 +57,11 @@ class MemoryQueue(Queue):
         self._delayed: list[tuple[float, int, str]] = []
         self._results: dict[str, tuple[ResponseRecord, float]] = {}
         self._states: dict[str, tuple[RequestState, float]] = {}
-        self._dlq: OrderedDict[str, DeadLetter] = OrderedDict()
+        #: Dead letters by their own id, minted when dead-lettered as the Redis DLQ
+        #: stream's XADD does (parsed: (ms, seq)); insertion order is id order is
+        #: dead-letter order.
+        self._dlq: OrderedDict[tuple[int, int], DeadLetter] = OrderedDict()
+        self._dlq_ids = EntryIds()
         self._waiters: dict[str, list[asyncio.Future[ResponseRecord]]] = {}
         self._arrived = asyncio.Event()
 
@@ -201,7 +206,8 @@ class MemoryQueue(Queue):
             return
         now = self._now()
         record = delivery.record
-        self._dlq[delivery.entry_id] = DeadLetter(delivery.entry_id, record, error, attempts, now)
+        ms, seq = key = self._dlq_ids.next(now)
+        self._dlq[key] = DeadLetter(f"{ms}-{seq}", record, error, attempts, now)
         if record.mode == "fire":
             self._set_state(record.id, RequestState(Status.DEAD, attempts, error))
         else:
@@ -220,17 +226,23 @@ class MemoryQueue(Queue):
         return self._depth()
 
     async def dead_letters(self, count: int = 100, after: str | None = None) -> list[DeadLetter]:
-        letters = list(self._dlq.values())
-        if after is not None:
-            ids = [letter.entry_id for letter in letters]
-            letters = letters[ids.index(after) + 1 :] if after in ids else []
-        return letters[:count]
+        if not after:
+            return list(itertools.islice(self._dlq.values(), count))
+        start = parse_entry_id(after)
+        if start is None:
+            return []
+        # By id, as XRANGE: ``after`` itself may be gone (replayed, say) and paging
+        # still goes on from where it was.
+        later = (letter for key, letter in self._dlq.items() if key > start)
+        return list(itertools.islice(later, count))
 
     async def dead_letter_get(self, entry_id: str) -> DeadLetter | None:
-        return self._dlq.get(entry_id)
+        key = parse_entry_id(entry_id)
+        return None if key is None else self._dlq.get(key)
 
     async def replay_dead_letter(self, entry_id: str) -> bool:
-        letter = self._dlq.pop(entry_id, None)
+        key = parse_entry_id(entry_id)
+        letter = None if key is None else self._dlq.pop(key, None)
         if letter is None:
             return False
         self._results.pop(letter.record.id, None)

@@ -1,4 +1,4 @@
-"""The Redis Streams backend: the production queue (DESIGN.md sections 5 and 7).
+"""The Redis Streams backend: the production queue (docs/architecture.md §4 and §5).
 
 One stream per queue, read through the consumer group ``hqm``. A finished entry
 (completed, scheduled for retry or dead-lettered) is XACKed and XDELed in the same
@@ -16,6 +16,10 @@ next command, so the same object recovers when Redis comes back.
 Corrupt stream entries (undecodable envelope) are dead-lettered with their raw bytes
 and the error ``corrupt entry: ...``; they are listed by ``dead_letters`` with an
 empty placeholder record (id "", the raw bytes as body) and cannot be replayed.
+
+Also part of it: hqm.queue.redis_codec (what is stored, the error mapping),
+hqm.queue.redis_group (the consumer group), hqm.queue.redis_dlq (the dead-letter
+stream), hqm.queue.redis_lua (the scripts), hqm.queue.redis_conn (the connections).
 """
 
 from __future__ import annotations
@@ -24,16 +28,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import secrets
 import socket
-import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import orjson
-from redis.exceptions import RedisError, ResponseError
 
 from hqm.proto.envelope import (
     RequestRecord,
@@ -49,7 +48,6 @@ from hqm.queue.base import (
     DeadLetter,
     Delivery,
     Queue,
-    QueueError,
     QueueFull,
     QueueUnavailable,
     RequestState,
@@ -57,7 +55,19 @@ from hqm.queue.base import (
 )
 from hqm.queue.batch import Batcher
 from hqm.queue.keys import GROUP, QueueKeys
+from hqm.queue.redis_codec import (
+    QUEUED,
+    Entry,
+    decode_state,
+    delayed_member,
+    encode_state,
+    errors,
+    failed,
+    read_entries,
+)
 from hqm.queue.redis_conn import connect
+from hqm.queue.redis_dlq import DeadLetters
+from hqm.queue.redis_group import ConsumerGroup
 from hqm.queue.redis_lua import CLAIM_ERROR, Scripts, pack_item, unpack_claimed
 from hqm.queue.redis_wait import Replies, notification
 
@@ -67,50 +77,6 @@ _MAX_BATCH = 512  # records per enqueue round trip ...
 _MAX_BATCH_BYTES = 4 << 20  # ... or about this many bytes of records
 _PROMOTE_LIMIT = 100  # retries moved back per promote_due call
 _MARK_WITHIN_S = 0.1  # a claimed entry shows "processing" within this time
-_ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
-#: Delayed-retry member: attempt u32 | len(request id) u16 | 8 random bytes | id | record.
-_MEMBER = struct.Struct(">IH8s")
-
-
-@contextlib.contextmanager
-def _errors(op: str) -> Iterator[None]:
-    """Turn every Redis/socket failure into QueueUnavailable."""
-    try:
-        yield
-    except QueueError:
-        raise
-    except (RedisError, OSError, TimeoutError) as exc:
-        raise QueueUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _entries(reply: Any) -> list[Any]:
-    """The entries of an XREADGROUP reply on one stream (None: nothing came)."""
-    return [(i, f) for i, f in reply[0][1] if f is not None] if reply else []
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _failed(op: str) -> Callable[[BaseException], QueueUnavailable]:
-    """What the callers of a failed batch get: QueueUnavailable, with the reason."""
-
-    def failed(exc: BaseException) -> QueueUnavailable:
-        if isinstance(exc, QueueError):
-            return QueueUnavailable(str(exc))
-        return QueueUnavailable(f"{op} aborted: {exc!r}")
-
-    return failed
-
-
-def _state(status: Status, attempts: int = 0, error: str | None = None) -> bytes:
-    state: dict[str, Any] = {"s": status.value, "a": attempts}
-    if error is not None:
-        state["e"] = error
-    return orjson.dumps(state)
-
-
-_QUEUED = _state(Status.QUEUED)
 
 
 class RedisQueue(Queue):
@@ -140,7 +106,7 @@ class RedisQueue(Queue):
         self._lua = Scripts(self._clients.blocking, GROUP, command_timeout_s)
         self._enqueues: Batcher[tuple[str, bytes], None] = Batcher(
             self._send,
-            failed=_failed("enqueue"),
+            failed=failed("enqueue"),
             max_items=_MAX_BATCH,
             max_bytes=_MAX_BATCH_BYTES,
             size=lambda item: len(item[1]),
@@ -148,12 +114,13 @@ class RedisQueue(Queue):
         #: The worker's round trips (script ``finish``): outcomes and claims of one loop
         #: turn, as (op, request id, args); a claim's outcome is its packed entries.
         self._outcomes: Batcher[tuple[str, str, list[Any]], bytes | None] = Batcher(
-            self._finish, failed=_failed("finish"), max_items=_MAX_BATCH
+            self._finish, failed=failed("finish"), max_items=_MAX_BATCH
         )
         self._replies = Replies(
             self._clients.blocking, self.keys.reply_channel(self.instance_id), self.fetch_result
         )
-        self._cursor = "0-0"
+        self._group = ConsumerGroup(self._redis, self.keys.stream)
+        self._dead_letters = DeadLetters(self._redis, self.keys, self._script, self._ttl_ms)
         #: The last claim got all it asked for: more may be waiting (try the script first).
         self._backlog = True
         self._closed = False
@@ -174,31 +141,13 @@ class RedisQueue(Queue):
 
     async def start(self) -> None:
         """Create the consumer group (idempotent). QueueUnavailable when Redis is down."""
-        with _errors("start"):
-            await self._create_group()
-
-    async def _create_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def _grouped(self, op: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``call``; on NOGROUP (Redis restarted empty) create the group and retry once."""
-        with _errors(op):
-            try:
-                return await call()
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self._create_group()
-                return await call()
+        with errors("start"):
+            await self._group.create()
 
     async def _script(
         self, op: str, name: str, keys: list[Any], args: list[Any], *, own: bool = False
     ) -> Any:
-        with _errors(op):
+        with errors(op):
             return await self._lua(name, keys, args, own=own)
 
     # --- proxy side ---------------------------------------------------------
@@ -224,25 +173,18 @@ class RedisQueue(Queue):
         # every pipelined command in Python; here it handles one).
         keys = [self.keys.stream, self.keys.delayed, *(self.keys.state(i) for i, _ in batch)]
         id_at = len(self.keys.state("")) + 1  # the script stores the id with the entry
-        args = [self._max_depth, self._ttl_ms, _QUEUED, id_at, *(data for _, data in batch)]
+        args = [self._max_depth, self._ttl_ms, QUEUED, id_at, *(data for _, data in batch)]
         replies = await self._script("enqueue", "enqueue", keys, args)
         full = f"queue {self.name!r} holds {self._max_depth}"
         return [None if reply else QueueFull(full) for reply in replies]
 
     async def state(self, request_id: str) -> RequestState | None:
-        with _errors("state"):
+        with errors("state"):
             raw = await self._redis.get(self.keys.state(request_id))
-        if raw is None:
-            return None
-        try:
-            state = orjson.loads(raw)
-            return RequestState(Status(state["s"]), state.get("a", 0), state.get("e"))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.warning("unreadable state for request %s: %r", request_id, raw[:100])
-            return None
+        return None if raw is None else decode_state(raw, request_id)
 
     async def fetch_result(self, request_id: str) -> ResponseRecord | None:
-        with _errors("fetch_result"):
+        with errors("fetch_result"):
             raw = await self._redis.get(self.keys.result(request_id))
         return None if raw is None else decode_response(raw)
 
@@ -256,10 +198,10 @@ class RedisQueue(Queue):
         outcomes of this loop turn (no round trip of its own, entries marked processing
         there, its reply one packed string). Otherwise, or when it found nothing,
         XREADGROUP BLOCK."""
-        entries: list[tuple[str, bytes, bytes, bool]] = []
+        got: list[Entry] = []
         if self._backlog or block_s <= 0:
-            entries = await self._claim_now(consumer, count)
-        if not entries and block_s > 0:  # BLOCK 0 would wait forever
+            got = await self._claim_now(consumer, count)
+        if not got and block_s > 0:  # BLOCK 0 would wait forever
             streams, block = {self.keys.stream: ">"}, max(1, round(block_s * 1000))
 
             async def read() -> Any:
@@ -268,14 +210,11 @@ class RedisQueue(Queue):
                         GROUP, consumer, streams, count=count, block=block
                     )
 
-            reply = await self._grouped("claim", read)
-            entries = [
-                (_s(i), f.get(b"r", b""), f.get(b"a", b"0"), False) for i, f in _entries(reply)
-            ]
-        self._backlog = len(entries) >= count
-        return await self._deliver(entries, {}, 1)
+            got = read_entries(await self._group.run("claim", read))
+        self._backlog = len(got) >= count
+        return await self._deliver(got, {}, 1)
 
-    async def _claim_now(self, consumer: str, count: int) -> list[tuple[str, bytes, bytes, bool]]:
+    async def _claim_now(self, consumer: str, count: int) -> list[Entry]:
         for retry in (True, False):
             if self._outcomes.busy:  # do not queue behind the round trip in flight
                 blob = (await self._finish([("n", "", [consumer, count])], own=False))[0]
@@ -286,41 +225,21 @@ class RedisQueue(Queue):
             error = blob[1:].decode("utf-8", "replace")
             if "NOGROUP" not in error or not retry:
                 raise QueueUnavailable(f"redis claim failed: {error}")
-            with _errors("claim"):  # Redis restarted empty: the group again, then retry
-                await self._create_group()
+            with errors("claim"):  # Redis restarted empty: the group again, then retry
+                await self._group.create()
         return []
 
     async def reclaim(self, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
-        stream, idle_ms = self.keys.stream, max(0, round(min_idle_s * 1000))
-
-        async def autoclaim() -> Any:
-            return await self._redis.xautoclaim(
-                stream, GROUP, consumer, idle_ms, start_id=self._cursor, count=count
-            )
-
-        reply = await self._grouped("reclaim", autoclaim)
-        self._cursor = _s(reply[0])  # entries deleted meanwhile (reply[2]) are dropped
-        entries = [(_s(i), f.get(b"r", b""), f.get(b"a", b"0"), False) for i, f in reply[1] if f]
-        if not entries:
-            return []
-        with _errors("reclaim"):
-            pipe = self._redis.pipeline(transaction=False)
-            for entry_id, _, _, _ in entries:
-                pipe.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
-            pending = await pipe.execute()
-        counts = {_s(p[0]["message_id"]): int(p[0]["times_delivered"]) for p in pending if p}
-        return await self._deliver(entries, counts, 2)
+        got, counts = await self._group.take_over(consumer, min_idle_s, count)
+        return await self._deliver(got, counts, 2) if got else []
 
     async def _deliver(
-        self,
-        entries: list[tuple[str, bytes, bytes, bool]],
-        counts: dict[str, int],
-        default: int,
+        self, got: list[Entry], counts: dict[str, int], default: int
     ) -> list[Delivery]:
-        """``entries``: (entry id, record, attempt, already marked processing)."""
+        """``got``: (entry id, record, attempt, already marked processing)."""
         deliveries: list[Delivery] = []
         unmarked: list[Delivery] = []
-        for entry_id, raw, raw_attempt, marked in entries:
+        for entry_id, raw, raw_attempt, marked in got:
             try:
                 record, attempt = decode_request(raw), int(raw_attempt)
             except ValueError as exc:  # EnvelopeError included
@@ -337,30 +256,28 @@ class RedisQueue(Queue):
         # round trip of its own when the outcome follows soon (it then rides with it,
         # and lands first), and never delays the replay.
         for d in unmarked:
-            state = _state(Status.PROCESSING, d.attempt)
+            state = encode_state(Status.PROCESSING, d.attempt)
             self._outcomes.post(("p", d.record.id, [state]), _MARK_WITHIN_S)
         return deliveries
 
     async def touch(self, consumer: str, entry_ids: list[str]) -> None:
         if entry_ids:
             keys, args = [self.keys.stream], [consumer, *entry_ids]
-            await self._grouped("touch", lambda: self._lua("touch", keys, args))
+            await self._group.run("touch", lambda: self._lua("touch", keys, args))
 
     async def complete(self, delivery: Delivery, response: ResponseRecord) -> None:
         """Batched with the other outcomes of this loop turn: one round trip for all."""
         record = delivery.record
         result = b"" if record.mode == "fire" else encode_response(response)
-        state = _state(Status.DONE, response.attempts, response.error)
+        state = encode_state(Status.DONE, response.attempts, response.error)
         message = notification(record.id, result) if record.reply_to else b""
         args = [delivery.entry_id, result, state, record.reply_to, message]
         await self._outcomes.submit(("c", record.id, args))
 
     async def retry_later(self, delivery: Delivery, due_at: float, error: str) -> None:
         record, attempt = delivery.record, delivery.attempt + 1
-        request_id = record.id.encode()
-        member = _MEMBER.pack(attempt, len(request_id), secrets.token_bytes(8))
-        member += request_id + encode_request(record)
-        state = _state(Status.RETRYING, attempt, error)
+        member = delayed_member(attempt, record, encode_request(record))
+        state = encode_state(Status.RETRYING, attempt, error)
         args = [delivery.entry_id, repr(float(due_at)), member, state]
         await self._outcomes.submit(("r", record.id, args))
 
@@ -388,7 +305,7 @@ class RedisQueue(Queue):
         result: bytes,
     ) -> None:
         request_id = record.id if record is not None else ""
-        state = _state(Status.DEAD, attempts, error) if record is not None else b""
+        state = encode_state(Status.DEAD, attempts, error) if record is not None else b""
         reply_to = record.reply_to if record is not None else ""
         message = notification(request_id, result) if reply_to else b""
         args = [entry_id, raw, error, attempts, repr(float(self._now())), result, state]
@@ -406,72 +323,28 @@ class RedisQueue(Queue):
         return [next(claimed) if op == "n" else None for op, _, _ in batch]
 
     async def release(self, consumer: str) -> None:
-        stream = self.keys.stream
-
-        async def run() -> None:
-            held = await self._redis.xpending_range(
-                stream, GROUP, min="-", max="+", count=1, consumername=consumer
-            )
-            if not held:
-                await self._redis.xgroup_delconsumer(stream, GROUP, consumer)
-
-        await self._grouped("release", run)
+        await self._group.release(consumer)
 
     # --- admin --------------------------------------------------------------
     async def depth(self) -> int:
-        with _errors("depth"):
+        with errors("depth"):
             pipe = self._redis.pipeline(transaction=False)
             pipe.xlen(self.keys.stream)
             pipe.zcard(self.keys.delayed)
             waiting, delayed = await pipe.execute()
         return int(waiting) + int(delayed)
 
-    @staticmethod
-    def _letter(raw_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
-        raw = fields.get(b"r", b"")
-        try:
-            record = decode_request(raw)
-        except ValueError:
-            record = RequestRecord(id="", method=b"", target=b"", headers=(), body=raw)
-        return DeadLetter(
-            entry_id=_s(raw_id),
-            record=record,
-            error=_s(fields.get(b"error", b"")),
-            attempts=int(fields.get(b"attempts", b"0")),
-            dead_at=float(fields.get(b"dead_at", b"0")),
-        )
-
     async def dead_letters(self, count: int = 100, after: str | None = None) -> list[DeadLetter]:
-        start = f"({after}" if after else "-"
-        if after and not _ENTRY_ID.fullmatch(after):
-            return []
-        with _errors("dead_letters"):
-            entries = await self._redis.xrange(self.keys.dlq, start, "+", count=count)
-        return [self._letter(i, f) for i, f in entries if f is not None]
+        return await self._dead_letters.page(count, after)
 
     async def dead_letter_get(self, entry_id: str) -> DeadLetter | None:
-        if not _ENTRY_ID.fullmatch(entry_id):
-            return None
-        with _errors("dead_letter_get"):
-            entries = await self._redis.xrange(self.keys.dlq, entry_id, entry_id, count=1)
-        return self._letter(*entries[0]) if entries and entries[0][1] is not None else None
+        return await self._dead_letters.get(entry_id)
 
     async def replay_dead_letter(self, entry_id: str) -> bool:
-        letter = await self.dead_letter_get(entry_id)
-        if letter is None or not letter.record.id:
-            return False  # unknown, or a corrupt entry that cannot be replayed
-        request_id = letter.record.id
-        keys = [
-            self.keys.dlq,
-            self.keys.stream,
-            self.keys.result(request_id),
-            self.keys.state(request_id),
-        ]
-        args = [letter.entry_id, _QUEUED, self._ttl_ms, request_id]
-        return bool(await self._script("replay_dead_letter", "replay", keys, args))
+        return await self._dead_letters.replay(entry_id)
 
     async def purge_dead_letters(self) -> int:
-        return int(await self._script("purge_dead_letters", "purge", [self.keys.dlq], []))
+        return await self._dead_letters.purge()
 
     async def ping(self) -> bool:
         try:
