@@ -15,12 +15,15 @@ from hqm.ingress.handler import ProxyHandler
 from hqm.ingress.settings import ProxySettings
 from hqm.io.address import Address
 from hqm.io.clock import Clock
+from hqm.io.fdlimit import connection_limit, raise_nofile
 from hqm.io.http_server import ConnectionTracker, serve
 from hqm.ops.admin import AdminHandler
 from hqm.ops.metrics import ProxyMetrics, WorkerMetrics
 from hqm.proto.limits import Limits
-from hqm.queue.base import Queue, QueueUnavailable
+from hqm.queue.base import FleetLimits, Queue, QueueUnavailable
 from hqm.queue.memory import MemoryQueue
+from hqm.queue.memory_limits import MemoryLimits
+from hqm.worker.fleet import FleetGate
 from hqm.worker.loop import Worker
 from hqm.worker.settings import WorkerSettings
 from hqm.worker.upstream import UpstreamPool
@@ -108,6 +111,26 @@ async def _serve_admin(
     return server, tracker
 
 
+def _fleet(
+    settings: WorkerSettings, redis_url: str | None, queue: str, metrics: WorkerMetrics
+) -> FleetGate:
+    """What the fleet shares: through Redis, or (embedded: one worker) in process."""
+    if redis_url:
+        from hqm.queue.redis_limits import RedisLimits
+
+        limits: FleetLimits = RedisLimits(redis_url, queue)
+    else:
+        limits = MemoryLimits()
+    return FleetGate(
+        limits,
+        holder=settings.consumer,
+        rate=settings.global_rate,
+        burst=settings.global_burst,
+        concurrency=settings.global_concurrency,
+        on_rate=metrics.effective_rate.set,
+    )
+
+
 async def _close(
     admin: asyncio.Server | None, admin_tracker: ConnectionTracker, pool: UpstreamPool, queue: Queue
 ) -> None:
@@ -143,14 +166,17 @@ async def run_proxy(
             "embedded queue: requests are held in this process only and are lost if it "
             "exits; pass --redis redis://HOST:6379/0 for a durable queue"
         )
+        worker_metrics = WorkerMetrics(registry)
         worker = Worker(
             queue=queue,
             pool=pool,
             settings=embedded,
-            metrics=WorkerMetrics(registry),
+            fleet=_fleet(embedded, None, settings.queue, worker_metrics),
+            metrics=worker_metrics,
         )
         worker_task = asyncio.get_running_loop().create_task(worker.run())
-    tracker = ConnectionTracker()
+    max_connections = connection_limit(raise_nofile(), configured=settings.max_connections)
+    tracker = ConnectionTracker(max_connections)
 
     async def ready() -> bool:
         return not tracker.draining and await queue.ping()
@@ -179,6 +205,7 @@ async def run_proxy(
             "admin": str(bound.admin),
             "upstream": str(settings.upstream),
             "queue": "redis" if settings.redis_url else "embedded",
+            "max_connections": max_connections,
         },
     )
     if on_ready is not None:
@@ -205,7 +232,9 @@ async def run_worker(
     queue = await open_queue(run.redis_url, run.queue, max_depth=0, result_ttl_s=run.result_ttl_s)
     registry = CollectorRegistry()
     pool = UpstreamPool(run.upstream, run.worker.pool)
-    worker = Worker(queue=queue, pool=pool, settings=run.worker, metrics=WorkerMetrics(registry))
+    metrics = WorkerMetrics(registry)
+    fleet = _fleet(run.worker, run.redis_url, run.queue, metrics)
+    worker = Worker(queue=queue, pool=pool, settings=run.worker, metrics=metrics, fleet=fleet)
 
     async def ready() -> bool:
         return not stop.is_set() and await queue.ping()
@@ -240,4 +269,5 @@ async def run_worker(
         await task  # QueueUnreachable in burst mode: the caller exits non-zero
     finally:
         await _close(admin, admin_tracker, pool, queue)
+        await fleet.close()
         log.info("worker stopped")

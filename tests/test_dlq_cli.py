@@ -33,9 +33,10 @@ class Dead:
     entries: dict[str, str]  # request id -> dead-letter entry id
 
     def run_worker(self, spawner: Spawner) -> None:
-        """A worker that drains the queue and exits; with the app down, one attempt each."""
+        """A worker that drains the queue and exits; the app stays down past
+        --max-retry-duration, so each request is dead-lettered."""
         upstream = f"127.0.0.1:{self.app_port}"
-        worker = spawner.worker(self.url, upstream, "--burst", "--max-attempts", "1")
+        worker = spawner.worker(self.url, upstream, "--burst", "--max-retry-duration", "0.2")
         assert worker.proc.wait(20) == 0
 
 

@@ -199,7 +199,7 @@ def _closed_port() -> int:
 
 
 def test_app_down_is_a_502_json_result_and_nothing_hangs():
-    hqm = proxy(f"127.0.0.1:{_closed_port()}", "--max-attempts", "2", "--retry-base", "0.01")
+    hqm = proxy(f"127.0.0.1:{_closed_port()}", "--max-retry-duration", "0.2")
     try:
         accepted = request(hqm.port, b"POST", b"/x", body=b"data")
         result = poll_result(hqm.port, accepted.json()["id"])

@@ -116,6 +116,27 @@ _WORKER_LOOP = (
         integer(low=1, high=10_000),
     ),
     Option("rate", "req/s", 0.0, "Requests/s to the app; 0 = no limit.", number(low=0.0)),
+    Option(
+        "global-rate",
+        "req/s",
+        0.0,
+        "Requests/s to the app from all workers of the queue together; 0 = no limit.",
+        number(low=0.0),
+    ),
+    Option(
+        "global-burst",
+        "int",
+        1,
+        "Requests the fleet may send at once above --global-rate.",
+        integer(low=1, high=100_000),
+    ),
+    Option(
+        "global-concurrency",
+        "int",
+        0,
+        "Requests in flight to the app from all workers together; 0 = no limit.",
+        integer(low=0, high=100_000),
+    ),
     Option("max-attempts", "int", 5, "Attempts before dead-lettering.", integer(low=1, high=1000)),
     Option(
         "max-deliveries",
@@ -132,6 +153,13 @@ _WORKER_LOOP = (
         seconds(zero_ok=False),
     ),
     Option("retry-max", "seconds", 30.0, "Backoff cap, seconds.", seconds(zero_ok=False)),
+    Option(
+        "max-retry-duration",
+        "seconds",
+        3600.0,
+        "How long a request waits for an app that cannot be reached; such tries spend no attempt.",
+        seconds(zero_ok=False),
+    ),
     Option(
         "visibility-timeout",
         "seconds",
@@ -157,8 +185,7 @@ _WORKER_LOOP = (
         "upstream-idle-timeout",
         "seconds",
         L.UPSTREAM_IDLE_TIMEOUT_S,
-        "Close pooled connections to the app idle this long (keep below the app's "
-        "keep-alive).",
+        "Close pooled connections to the app idle this long (keep below the app's keep-alive).",
         seconds(zero_ok=True),
     ),
     Option(
@@ -251,6 +278,15 @@ PROXY = Command(
             L.BODY_TIMEOUT_S,
             "The rest of a body must arrive within this (408).",
             seconds(zero_ok=False),
+        ),
+        Option(
+            "max-connections",
+            "int",
+            0,
+            "Client connections at once; more get 503 and close. 0 = the descriptor "
+            "limit (raised to its hard value) less a reserve.",
+            integer(low=0, high=10_000_000),
+            default_text="0 (derived)",
         ),
         Option(
             "idle-timeout",

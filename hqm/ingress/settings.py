@@ -27,6 +27,8 @@ class ProxySettings:
     limits: Limits
     #: Backlog limit (503); 0 = none.
     max_depth: int
+    #: Client connections at once (503 and close past it); 0 = from the fd limit.
+    max_connections: int
     result_ttl_s: float
     drain_timeout_s: float
     embedded_worker: WorkerSettings | None = None

@@ -12,10 +12,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 
 from hqm.io.clock import Clock, LoopClock, Timer
-from hqm.proto.limits import Limits
+from hqm.proto.limits import RETRY_AFTER_S, Limits
 from hqm.proto.server import (
     PeerClosed,
     Phase,
@@ -23,21 +22,24 @@ from hqm.proto.server import (
     RequestHead,
     RequestReceived,
     ServerConnection,
+    too_many_connections,
 )
 
 log = logging.getLogger("hqm.http")
-
-
-_PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: The body a GET gets; a HEAD gets none of its bytes.
     body: bytes = b""
     #: None: the standard phrase. An app's own phrase (even b"") is passed as given.
     reason: bytes | None = None
+    #: To a HEAD: True (answers hqm makes itself) frames the answer exactly as the GET
+    #: answer, Content-Length ``len(body)``; False keeps ``headers`` as they are (an
+    #: app's own answer to a HEAD, with the Content-Length the app sent).
+    frame_from_body: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +55,15 @@ _INTERNAL_ERROR = Reply(500, [(b"Content-Type", b"text/plain")], b"internal erro
 
 
 class ConnectionTracker:
-    """Every open connection of one listener, for graceful shutdown."""
+    """Every open connection of one listener, for graceful shutdown; past
+    ``max_connections`` (0: no limit) a new connection gets a 503 and is closed."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = 0) -> None:
         self.connections: set[HttpProtocol] = set()
         self.draining = False
+        self.max_connections = max_connections
+        #: Connections refused for being over the limit.
+        self.refused = 0
 
     async def drain(self, timeout_s: float) -> None:
         """Close idle connections now; let busy ones finish (then close) up to ``timeout_s``."""
@@ -99,10 +105,18 @@ class HttpProtocol(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._lingering = False
+        #: A request has come in on this connection (until then, idle = header timeout).
+        self._served = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # --- transport callbacks ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        limit = self._tracker.max_connections
+        if limit and len(self._tracker.connections) >= limit:
+            self._tracker.refused += 1
+            transport.write(too_many_connections(RETRY_AFTER_S))  # type: ignore[attr-defined]
+            transport.close()
+            return
         self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=self._limits.write_high_water)
         peer = transport.get_extra_info("peername")
@@ -175,6 +189,7 @@ class HttpProtocol(asyncio.Protocol):
         Handlers that can answer from a callback (the proxy's async path) return a
         Future and cost no Task per request.
         """
+        self._served = True
         try:
             result = self._handler(event.head, event.body, self._peer)
         except Exception:
@@ -202,8 +217,13 @@ class HttpProtocol(asyncio.Protocol):
     def _send(self, reply: Reply) -> None:
         if self._transport is None or self._transport.is_closing():
             return
-        reason = reply.reason if reply.reason is not None else _PHRASES.get(reply.status, b"")
-        self._conn.send_response(reply.status, reply.headers, reply.body, reason)
+        self._conn.send_response(
+            reply.status,
+            reply.headers,
+            reply.body,
+            reply.reason,
+            frame_from_body=reply.frame_from_body,
+        )
         self._transport.write(self._conn.data_to_send())
         if self._conn.must_close or self._tracker.draining:
             self._close()
@@ -236,6 +256,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._timer_phase = phase
         timeout = self._timeouts.get(phase)
+        if phase is Phase.IDLE and not self._served:
+            timeout = self._limits.header_timeout_s  # not a byte yet: no keep-alive to keep
         if timeout is None:
             self._deadline = None
             return

@@ -51,6 +51,17 @@ class WorkerMetrics:
             "hqm_worker_processed", "Entries finished, by outcome.", ["outcome"], registry=registry
         )
         self.retries = Counter("hqm_worker_retries", "Retries scheduled.", registry=registry)
+        self.effective_rate = Gauge(
+            "hqm_worker_effective_rate",
+            "Fleet-wide requests/s enforced now: --global-rate, lowered while the app "
+            "answers 429/503.",
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "hqm_worker_breaker_state",
+            "Circuit breaker in front of the app: 0 closed, 1 open, 2 half-open.",
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "hqm_worker_dead_letters", "Entries moved to the dead-letter stream.", registry=registry
         )

@@ -11,7 +11,9 @@
 - the body bytes exactly. A chunked body is stored de-chunked (trailers dropped) and
   is replayed with a Content-Length; hop-by-hop headers are kept in the record and
   removed when the request is replayed (``hqm.proto.headers``).
-A stored response keeps status, reason phrase, headers (same rules) and body bytes.
+A stored response keeps status, reason phrase, headers (same rules) and body bytes,
+and the method of the request it answers (``request_method``, b"" when unknown): a
+response to HEAD has no body although its headers describe one.
 
 Wire format, version 1 (binary-safe, no pickle, no base64)::
 
@@ -20,6 +22,9 @@ Wire format, version 1 (binary-safe, no pickle, no base64)::
 The JSON head holds the metadata and the body's length (a truncated record is an
 error, not a shorter body); header bytes travel as latin-1 strings, which maps every
 byte 0-255 to one code point and back, so any header h11 accepts round-trips.
+Optional head keys are written only when set and read with their default, so records
+with and without them decode on either side of an upgrade (still version 1):
+``request_method`` of a response.
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ class ResponseRecord:
     completed_at: float = 0.0
     #: Set when the proxy or worker made this response up (app down, dead-lettered).
     error: str | None = None
+    #: Method of the request this answers (b"": unknown, e.g. a record from before it
+    #: was kept). b"HEAD" means the body is empty by rule, whatever the headers say.
+    request_method: bytes = b""
 
 
 def _hdrs_out(headers: Headers) -> list[list[str]]:
@@ -187,6 +195,8 @@ def encode_response(record: ResponseRecord) -> bytes:
         "completed_at": record.completed_at,
         "error": record.error,
     }
+    if record.request_method:
+        head["request_method"] = record.request_method.decode("latin-1")
     return _pack(_KIND_RESPONSE, head, record.body)
 
 
@@ -205,6 +215,7 @@ def decode_response(data: bytes) -> ResponseRecord:
             attempts=_field(head, "attempts", int),
             completed_at=float(_field(head, "completed_at", (int, float))),
             error=error,
+            request_method=_raw(head, "request_method") if "request_method" in head else b"",
         )
     except (KeyError, UnicodeEncodeError) as exc:
         raise EnvelopeError(f"malformed response record: {exc!r}") from None

@@ -133,3 +133,25 @@ def client_response_headers(headers: Iterable[Header], *, request_id: str) -> li
     out = strip_hop_by_hop(headers)
     out.append((REQUEST_ID, request_id.encode()))
     return out
+
+
+#: On a stored answer to HEAD read back with another method: why its body is empty.
+ORIGINAL_METHOD = b"HQM-Original-Method"
+_ORIGINAL_METHOD_LOWER = ORIGINAL_METHOD.lower()
+
+
+def result_response_headers(
+    headers: Iterable[Header], *, request_id: str, original_method: bytes | None = None
+) -> list[Header]:
+    """``client_response_headers`` for a stored app response, and the proxy's own
+    ``HQM-Original-Method``: any the app sent is dropped; with ``original_method`` given
+    (the request the app answered was a HEAD, the client reads it with GET) it is added.
+    """
+    out = [
+        (name, value)
+        for name, value in client_response_headers(headers, request_id=request_id)
+        if name.lower() != _ORIGINAL_METHOD_LOWER
+    ]
+    if original_method:
+        out.append((ORIGINAL_METHOD, original_method))
+    return out

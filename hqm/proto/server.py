@@ -5,12 +5,16 @@ Adds to h11 what a proxy needs and h11 leaves out: smuggling shapes refused with
 bound for Content-Length and chunked bodies alike (413 before the body is read when the
 length is declared), CONNECT/Upgrade refused with 501, automatic ``100 Continue`` once
 a head is accepted, and HEAD/204/304 framing on the way out.
+
+Every response it writes carries a reason phrase: the standard one (``http.HTTPStatus``)
+unless the caller passes the app's own (kept as given, even empty).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from http import HTTPStatus
 
 import h11
 
@@ -19,6 +23,12 @@ from hqm.proto.errors import ProtocolError
 from hqm.proto.limits import Limits
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase of ``status`` (b"" for a code HTTPStatus does not know)."""
+    return _PHRASES.get(status, b"")
 
 
 class Phase(Enum):
@@ -116,6 +126,9 @@ class ServerConnection:
         self._head: RequestHead | None = None
         #: Method of the request being answered (known before its head is accepted).
         self._method: bytes | None = None
+        #: First bytes of the current request line: a HEAD whose head h11 refuses
+        #: (before its method is known) still gets an answer without body bytes.
+        self._line_start = b""
         self._body: list[bytes] = []
         self._body_size = 0
         self._out: list[bytes] = []
@@ -130,6 +143,8 @@ class ServerConnection:
             return  # nothing after a refusal or after EOF is read
         if not data:
             self._eof = True
+        elif self._method is None and len(self._line_start) < 5:
+            self._line_start += data[: 5 - len(self._line_start)]
         self._h11.receive_data(data)
 
     def next_event(self) -> Event:
@@ -225,13 +240,27 @@ class ServerConnection:
         status: int,
         headers: list[tuple[bytes, bytes]],
         body: bytes = b"",
-        reason: bytes = b"",
+        reason: bytes | None = None,
+        *,
+        frame_from_body: bool = False,
     ) -> None:
-        """Queue a complete response to the current request, then get ready for the next."""
-        method = self.request_method
-        bodyless = method == b"HEAD" or status in _NO_BODY_STATUSES or status < 200
-        if not bodyless:
+        """Queue a complete response to the current request, then get ready for the next.
+
+        ``reason`` None is the standard phrase; bytes (an app's own, even b"") go as given.
+        Content-Length is set to ``len(body)``, except where no body is allowed (1xx,
+        204, 304) and for HEAD: there ``frame_from_body`` True frames the answer exactly
+        as the GET answer carrying ``body`` (answers hqm makes itself, stored answers to
+        other methods) and only leaves the body bytes out; False keeps the given headers
+        (an app's own answer to a HEAD, whose Content-Length describes a body that was
+        never sent).
+        """
+        head = self.request_method == b"HEAD"
+        no_body_status = status in _NO_BODY_STATUSES or status < 200
+        if not no_body_status and (frame_from_body or not head):
             headers = _with_content_length(headers, len(body))
+        bodyless = head or no_body_status
+        if reason is None:
+            reason = reason_phrase(status)
         try:
             self._out.append(
                 self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))
@@ -243,19 +272,23 @@ class ServerConnection:
             # A response h11 will not frame (e.g. a bad header from the app): say so.
             self._h11.send_failed()
             self._failed = True
-            self._out.append(_raw_error(502, f"bad upstream response: {exc}"))
+            self._out.append(_raw_error(502, f"bad upstream response: {exc}", head=head))
             return
         self._awaiting = False
         self._head = None
         self._method = None
+        self._line_start = b""
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
+            self._line_start = self._h11.trailing_data[0][:5]  # pipelined: already in
 
     def time_out(self) -> Rejected:
         """The IO layer's header/body timer fired: answer 408 and close."""
         return self._reject(408, "request timeout")
 
     def _reject(self, status: int, message: str) -> Rejected:
+        """Answer ``status`` with ``message`` as a text body (none for a HEAD), then close."""
+        head = self._method == b"HEAD" or (self._method is None and self._line_start == b"HEAD ")
         body = message.encode("utf-8", "replace") + b"\n"
         headers = [
             (b"Content-Type", b"text/plain; charset=utf-8"),
@@ -263,13 +296,16 @@ class ServerConnection:
             (b"Connection", b"close"),
         ]
         try:
-            self._out.append(self._h11.send(h11.Response(status_code=status, headers=headers)))
-            if self._method != b"HEAD":
+            response = h11.Response(
+                status_code=status, headers=headers, reason=reason_phrase(status)
+            )
+            self._out.append(self._h11.send(response))
+            if not head:
                 self._out.append(self._h11.send(h11.Data(data=body)))
             self._out.append(self._h11.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:  # h11 cannot answer in its state: say it raw
             self._out.clear()
-            self._out.append(_raw_error(status, message))
+            self._out.append(_raw_error(status, message, head=head))
         self._failed = True
         return Rejected(status, message)
 
@@ -293,9 +329,19 @@ def _with_content_length(
     return out
 
 
-def _raw_error(status: int, message: str) -> bytes:
+def _raw_error(status: int, message: str, *, head: bool) -> bytes:
+    """An error answer written without h11 (it refused to frame one); no body for HEAD."""
     body = message.encode("utf-8", "replace") + b"\n"
     return (
-        b"HTTP/1.1 %d Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (status, len(body))
-    ) + body
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+        % (status, reason_phrase(status), len(body))
+    ) + (b"" if head else body)
+
+
+def too_many_connections(retry_after_s: int) -> bytes:
+    """What a connection over the listener's limit gets at once, before its request:
+    503 and close (never a hang)."""
+    return _raw_error(503, "too many connections", head=False).replace(
+        b"\r\nConnection: close", b"\r\nRetry-After: %d\r\nConnection: close" % retry_after_s, 1
+    )

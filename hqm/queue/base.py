@@ -159,3 +159,57 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+#: The fleet's enforced rate (AIMD, Cloud Tasks' "enforced rate"): halved at most this
+#: often (one burst of 429s is one signal), never below FLOOR_SHARE of the configured
+#: cap, raised by STEP_SHARE of the cap per success.
+DECREASE_EVERY_S = 1.0
+FLOOR_SHARE = 0.01
+STEP_SHARE = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A fleet-wide rate slot: when to send, and the rate the fleet runs at now."""
+
+    wait_s: float
+    #: The enforced rate: the configured one, lowered while the app says 429/503.
+    effective_rate: float
+
+
+class FleetLimits(abc.ABC):
+    """Limits all workers of one queue share (docs/architecture.md §5): a request rate
+    that the app's 429/503 lower for everyone (halved at most once a second, raised by
+    a hundredth of the cap per success), a pause the app's Retry-After sets for the
+    whole queue, and a number of requests in flight at the app."""
+
+    @abc.abstractmethod
+    async def reserve(
+        self, rate: float, burst: int, *, successes: int = 0, throttled: int = 0
+    ) -> Reservation:
+        """Reserve the next send slot of a fleet-wide rate capped at ``rate``
+        (requests/s, ``burst`` at once), reporting the answers since the last call."""
+
+    @abc.abstractmethod
+    async def pause(self, seconds: float) -> None:
+        """The app asked to wait (Retry-After): nobody sends for ``seconds``."""
+
+    @abc.abstractmethod
+    async def paused_for(self) -> float:
+        """Seconds left of a pause (0 when none)."""
+
+    @abc.abstractmethod
+    async def lease(self, holder: str, limit: int, ttl_s: float) -> bool:
+        """Take one of ``limit`` leases for ``holder``; False when all are taken. A
+        lease not renewed within ``ttl_s`` lapses (a dead worker's come back)."""
+
+    @abc.abstractmethod
+    async def renew(self, holders: list[str], ttl_s: float) -> None: ...
+
+    @abc.abstractmethod
+    async def release(self, holder: str) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release what the backend holds (connections)."""

@@ -57,3 +57,18 @@ class QueueKeys:
     def reply_channel(self, instance: str) -> str:
         """Pub/sub channel on which workers notify one proxy instance."""
         return f"{self.prefix}reply:{instance}"
+
+    @property
+    def global_rate(self) -> str:
+        """The fleet-wide rate limiter's state (GCRA: the theoretical arrival time)."""
+        return f"{self.prefix}limit:rate"
+
+    @property
+    def leases(self) -> str:
+        """Sorted set of fleet-wide concurrency leases, scored by expiry (ms)."""
+        return f"{self.prefix}limit:leases"
+
+    @property
+    def pause(self) -> str:
+        """Set while the app asked the whole queue to wait (429/503 Retry-After)."""
+        return f"{self.prefix}limit:pause"

@@ -8,21 +8,20 @@ import logging
 import time
 from collections.abc import Callable
 
-from prometheus_client import Histogram
-
 from hqm.ops.metrics import WorkerMetrics
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.headers import ForwardedInfo, header_value, upstream_request_headers
 from hqm.queue.base import Delivery, Queue, QueueError
-from hqm.worker.ratelimit import RateLimiter
+from hqm.worker.fleet import FleetGate
+from hqm.worker.outcomes import Outcomes
 from hqm.worker.retry import (
     RETRY_ANY_METHOD,
     RETRY_IDEMPOTENT,
     Failure,
-    backoff_s,
     may_retry,
     parse_retry_after,
 )
+from hqm.worker.sender import Sender
 from hqm.worker.settings import WorkerSettings
 from hqm.worker.upstream import UpstreamError, UpstreamPool
 
@@ -48,13 +47,12 @@ class Worker:
         settings: WorkerSettings,
         metrics: WorkerMetrics,
         wall_clock: Callable[[], float] = time.time,
+        fleet: FleetGate | None = None,
     ) -> None:
         self._queue = queue
-        self._pool = pool
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
-        self._limiter = RateLimiter(settings.rate)
         #: Every delivery being worked on, until its outcome is recorded.
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: Those holding a --concurrency slot: on their way to the app or at it. A slot
@@ -65,11 +63,20 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_maintenance = 0.0
-        # Per-message metrics: labelled children looked up once, in-flight read at scrape.
+        # In flight read at scrape; labelled children looked up once (in Outcomes).
         metrics.in_flight.set_function(lambda: len(self._at_app))
-        self._app_seconds: dict[str, Histogram] = {}
-        self._done = metrics.processed.labels("done")
-        self._dead = metrics.processed.labels("dead")
+        self._fleet = fleet or FleetGate(None)
+        self._sender = Sender(
+            pool=pool,
+            rate=settings.rate,
+            fleet=self._fleet,
+            max_retry_duration_s=settings.max_retry_duration_s,
+            metrics=metrics,
+            on_breaker_change=self._wake.set,
+        )
+        self._outcomes = Outcomes(
+            queue=queue, settings=settings, metrics=metrics, wall_clock=wall_clock
+        )
 
     @property
     def in_flight(self) -> int:
@@ -80,6 +87,7 @@ class Worker:
         """Stop claiming; ``run`` returns once in-flight requests finished (or drain ran out)."""
         self._stopping = True
         self._wake.set()
+        self._sender.stop()
 
     async def run(self) -> None:
         """Claim and process until stopped. In burst mode, return once the queue is
@@ -130,6 +138,9 @@ class Worker:
         concurrency = self._settings.concurrency
         # (at most as many again still being recorded: Redis slow means claims wait too)
         free = min(concurrency - len(self._at_app), 2 * concurrency - len(self._tasks))
+        allowed = self._sender.breaker.allowed()
+        if allowed is not None:  # open: claim nothing; half-open: one probe, if none held
+            free = min(free, 0 if self._sender.held else allowed)
         if free <= 0:
             self._wake.clear()
             if not self._stopping:
@@ -173,6 +184,7 @@ class Worker:
         await self._queue.promote_due(self._now())
         if self._tasks:
             await self._queue.touch(self._settings.consumer, list(self._tasks))
+            await self._fleet.refresh()
         if free <= 0:
             return []
         return await self._queue.reclaim(
@@ -208,11 +220,10 @@ class Worker:
         if delivery.deliveries > self._settings.max_deliveries:
             self._answered(delivery.entry_id)
             error = f"delivered {delivery.deliveries - 1} times without finishing"
-            await self._dead_letter(delivery, error, delivery.attempt)
+            await self._outcomes.dead_letter(delivery, error, delivery.attempt)
             return
         if delivery.attempt == 0 and delivery.deliveries == 1:
             self._metrics.queue_wait_seconds.observe(max(0.0, self._now() - record.received_at))
-        await self._limiter.acquire()
         attempt = delivery.attempt + 1
         headers = upstream_request_headers(
             record.headers,
@@ -222,28 +233,34 @@ class Worker:
                 client=record.client, proto=record.scheme, policy=self._settings.forwarding
             ),
         )
-        started = time.perf_counter()
         try:
-            response = await self._pool.request(record.method, record.target, headers, record.body)
+            response = await self._sender.send(delivery, headers)
         except UpstreamError as exc:
             self._answered(delivery.entry_id)
-            self._observe_app("error", time.perf_counter() - started)
             failure = Failure(str(exc), reached=exc.reached, permanent=exc.permanent)
-            await self._failed(delivery, failure, attempt)
+            await self._outcomes.failed(delivery, failure, attempt)
             return
         self._answered(delivery.entry_id)
-        self._observe_app(f"{response.status // 100}xx", time.perf_counter() - started)
+        if response is None:
+            return  # stopping while the app was unreachable: left pending, not lost
+        retry_after = None
+        if response.status in _RETRY_STATUSES:
+            retry_after = parse_retry_after(
+                header_value(response.headers, b"retry-after"), now=self._now()
+            )
+        if response.status in RETRY_ANY_METHOD:  # "come back later": slow everyone down
+            await self._fleet.throttled(retry_after)
+        else:
+            self._fleet.succeeded()
         if response.status in _RETRY_STATUSES:
             failure = Failure(
                 f"app answered {response.status}",
                 reached=True,
                 status=response.status,
-                retry_after_s=parse_retry_after(
-                    header_value(response.headers, b"retry-after"), now=self._now()
-                ),
+                retry_after_s=retry_after,
             )
             if may_retry(failure, record.method, record.headers):
-                await self._retry_or_give_up(delivery, failure, attempt)
+                await self._outcomes.retry_or_give_up(delivery, failure, attempt)
                 return
         # A real answer (also a 5xx that is not safe to ask again) goes to the client.
         # (Built directly: dataclasses.replace costs several µs per message.)
@@ -256,50 +273,9 @@ class Worker:
             attempt,
             self._now(),
             response.error,
+            record.method,
         )
-        await self._complete(delivery, response)
-
-    def _observe_app(self, status_class: str, seconds: float) -> None:
-        histogram = self._app_seconds.get(status_class)
-        if histogram is None:
-            histogram = self._app_seconds[status_class] = self._metrics.app_seconds.labels(
-                status_class
-            )
-        histogram.observe(seconds)
-
-    async def _failed(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
-        record = delivery.record
-        if may_retry(failure, record.method, record.headers):
-            await self._retry_or_give_up(delivery, failure, attempt)
-        else:
-            await self._dead_letter(delivery, f"{failure.error} (attempt {attempt})", attempt)
-
-    async def _retry_or_give_up(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
-        if attempt >= self._settings.max_attempts:
-            tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
-            error = f"{failure.error}; gave up after {tries}"
-            await self._dead_letter(delivery, error, attempt)
-        else:
-            await self._retry(delivery, failure, attempt)
-
-    async def _retry(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
-        delay = backoff_s(
-            attempt, base_s=self._settings.retry_base_s, max_s=self._settings.retry_max_s
-        )
-        if failure.retry_after_s is not None:
-            delay = min(max(delay, failure.retry_after_s), self._settings.retry_max_s)
-        await self._queue.retry_later(delivery, self._now() + delay, failure.error)
-        self._metrics.retries.inc()
-
-    async def _complete(self, delivery: Delivery, response: ResponseRecord) -> None:
-        await self._queue.complete(delivery, response)
-        self._done.inc()
-
-    async def _dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
-        log.warning("dead-lettering %s: %s", delivery.record.id, error)
-        await self._queue.dead_letter(delivery, error, attempts)
-        self._metrics.dead_letters.inc()
-        self._dead.inc()
+        await self._outcomes.complete(delivery, response)
 
     async def _drain(self) -> None:
         """Let in-flight requests finish (bounded); what is cut off stays pending, not lost."""

@@ -19,11 +19,17 @@ class WorkerSettings:
     concurrency: int
     #: Requests/s to the app; 0 means unlimited.
     rate: float
+    #: Fleet-wide (all workers of the queue): requests/s, burst, requests in flight.
+    global_rate: float
+    global_burst: int
+    global_concurrency: int
     visibility_timeout_s: float
     max_attempts: int
     max_deliveries: int
     retry_base_s: float
     retry_max_s: float
+    #: How long a request may wait for an app that cannot be reached (no attempt spent).
+    max_retry_duration_s: float
     drain_timeout_s: float
     #: Connections to the app: timeouts, pool size.
     pool: PoolSettings

@@ -1,0 +1,211 @@
+"""Fleet-wide limits shared by all workers through Redis: --global-rate (GCRA) and
+--global-concurrency (leases that lapse with a dead worker). Real redis-server, real
+worker processes, a real app counting what reaches it; only upper bounds on counts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from hqm.queue.memory_limits import MemoryLimits
+from tests.redis_server import RedisServer, redis_server
+from tests.support import Answer, Backend, HqmProcess, proxy, request, wait_until
+
+__all__ = ["redis_server"]  # the fixture, imported for pytest
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_gcra_reservations_space_requests_after_the_burst():
+    async def body() -> list[float]:
+        limits = MemoryLimits(Clock())
+        return [(await limits.reserve(10.0, 3)).wait_s for _ in range(6)]
+
+    waits = asyncio.run(body())
+    assert waits == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3])
+
+
+def test_enforced_rate_halves_on_throttling_and_climbs_back_with_successes():
+    async def body() -> list[float]:
+        clock = Clock()
+        limits = MemoryLimits(clock)
+        rates = [(await limits.reserve(100.0, 1)).effective_rate]
+        rates.append((await limits.reserve(100.0, 1, throttled=3)).effective_rate)
+        rates.append((await limits.reserve(100.0, 1, throttled=1)).effective_rate)  # <1 s
+        clock.now += 1.0
+        rates.append((await limits.reserve(100.0, 1, throttled=1)).effective_rate)
+        rates.append((await limits.reserve(100.0, 1, successes=10)).effective_rate)
+        rates.append((await limits.reserve(100.0, 1, successes=1000)).effective_rate)
+        return rates
+
+    assert asyncio.run(body()) == pytest.approx([100, 50, 50, 25, 35, 100])
+
+
+def test_a_pause_holds_every_reservation_back():
+    async def body() -> tuple[float, float, float]:
+        clock = Clock()
+        limits = MemoryLimits(clock)
+        await limits.pause(2.0)
+        await limits.pause(1.0)  # never shortens a pause
+        first = (await limits.reserve(1000.0, 1)).wait_s
+        clock.now += 1.5
+        return first, await limits.paused_for(), (await limits.reserve(1000.0, 1)).wait_s
+
+    first, left, later = asyncio.run(body())
+    assert first == pytest.approx(2.0)
+    assert left == pytest.approx(0.5)
+    assert later == pytest.approx(0.5 + 0.001)  # behind the pause and the first slot
+
+
+def test_leases_are_bounded_and_lapse_unless_renewed():
+    async def body() -> None:
+        clock = Clock()
+        limits = MemoryLimits(clock)
+        assert await limits.lease("a", 2, 5) and await limits.lease("b", 2, 5)
+        assert not await limits.lease("c", 2, 5)
+        clock.now += 4
+        await limits.renew(["a"], 5)
+        clock.now += 2  # b lapsed, a was renewed
+        assert await limits.lease("c", 2, 5)
+        assert not await limits.lease("d", 2, 5)
+        await limits.release("a")
+        assert await limits.lease("d", 2, 5)
+
+    asyncio.run(body())
+
+
+class Counting:
+    """An app that notes when each request arrived and may hold them."""
+
+    def __init__(self, hold_s: float = 0.0) -> None:
+        self.arrivals: list[float] = []
+        self.release = threading.Event()
+        self.hold_s = hold_s
+        self.backend = Backend(self.respond)
+
+    def respond(self, seen) -> Answer:
+        self.arrivals.append(time.monotonic())
+        if self.hold_s:
+            self.release.wait(self.hold_s)
+        return Answer(200, [], b"ok")
+
+    def close(self) -> None:
+        self.release.set()
+        self.backend.close()
+
+
+@pytest.fixture
+def counting():
+    apps: list[Counting] = []
+
+    def make(hold_s: float = 0.0) -> Counting:
+        apps.append(Counting(hold_s))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+def _fill(redis_url: str, upstream: str, count: int) -> HqmProcess:
+    hqm = proxy(upstream, "--redis", redis_url)
+    for i in range(count):
+        assert request(hqm.port, b"POST", b"/job/%d" % i, body=b"x").status == 202
+    return hqm
+
+
+def _workers(redis_url: str, upstream: str, count: int, *extra: str) -> list[HqmProcess]:
+    args = ["worker", "--redis", redis_url, "--upstream", upstream, "--admin", "off"]
+    return [HqmProcess(*args, *extra).wait_ready() for _ in range(count)]
+
+
+def test_global_rate_holds_across_four_workers(redis_server: RedisServer, counting):
+    """4 workers, --global-rate 40: in any 3 s the app gets at most 40 x 3 + burst
+    (+ 10 for the spread of network latency over the window's two edges)."""
+    app = counting()
+    hqm = _fill(redis_server.url, app.backend.address, 400)
+    workers = _workers(redis_server.url, app.backend.address, 4, "--global-rate", "40")
+    try:
+        assert wait_until(lambda: len(app.arrivals) >= 140, timeout=30)
+        arrivals = sorted(app.arrivals)
+        window = 3.0
+        busiest = max(
+            sum(1 for t in arrivals[i:] if t - start <= window) for i, start in enumerate(arrivals)
+        )
+        assert busiest <= 40 * window + 1 + 10, busiest
+    finally:
+        for w in workers:
+            w.kill()
+        hqm.terminate()
+
+
+def test_global_concurrency_holds_across_four_workers(redis_server: RedisServer, counting):
+    app = counting(hold_s=0.05)
+    hqm = _fill(redis_server.url, app.backend.address, 40)
+    workers = _workers(redis_server.url, app.backend.address, 4, "--global-concurrency", "3")
+    try:
+        assert wait_until(lambda: len(app.arrivals) >= 40, timeout=60)
+        assert app.backend.peak <= 3
+    finally:
+        for w in workers:
+            w.terminate()
+        hqm.terminate()
+
+
+def test_a_killed_workers_leases_lapse(redis_server: RedisServer, counting):
+    app = counting(hold_s=60)  # holds every request: leases stay taken
+    hqm = _fill(redis_server.url, app.backend.address, 4)
+    limited = ("--global-concurrency", "2", "--concurrency", "2")  # claims 2 at a time
+    first = _workers(redis_server.url, app.backend.address, 1, *limited)[0]
+    try:
+        assert wait_until(lambda: len(app.arrivals) == 2)
+        first.proc.kill()  # SIGKILL: its two leases are never released
+        first.proc.wait()
+        second = _workers(redis_server.url, app.backend.address, 1, *limited)[0]
+        try:
+            # the other two entries reach the app once the dead worker's leases lapse
+            assert wait_until(lambda: len(app.arrivals) == 4, timeout=30)
+            assert app.backend.in_flight == 4  # 2 of the dead worker's, 2 of the new one's
+        finally:
+            app.release.set()
+            second.terminate()
+    finally:
+        hqm.terminate()
+
+
+def test_retry_after_pauses_the_whole_queue(redis_server: RedisServer, counting):
+    """Two workers; the app's first answer is 503 with Retry-After: 2. Until the pause
+    is over no worker sends more than what was already on its way: at most 2 (one each)
+    arrive in the 1.5 s after the 503 (at --global-rate 20 it would be about 30)."""
+    app = counting()
+    first = threading.Event()
+
+    def respond(seen) -> Answer:
+        app.arrivals.append(time.monotonic())
+        if not first.is_set():
+            first.set()
+            return Answer(503, [(b"Retry-After", b"2")], b"busy")
+        return Answer(200, [], b"ok")
+
+    app.backend.respond = respond
+    hqm = _fill(redis_server.url, app.backend.address, 60)
+    workers = _workers(redis_server.url, app.backend.address, 2, "--global-rate", "20")
+    try:
+        assert wait_until(lambda: len(app.arrivals) >= 20, timeout=60)
+        throttled_at = app.arrivals[0]
+        early = [t for t in app.arrivals[1:] if t - throttled_at < 1.5]
+        assert len(early) <= 2, early
+        assert wait_until(lambda: len(app.arrivals) == 61, timeout=60)  # + the retried one
+    finally:
+        for w in workers:
+            w.terminate()
+        hqm.terminate()
