@@ -6,6 +6,7 @@ tests through real sockets (write ``raw`` to the proxy, compare what the app rec
 - :func:`requests` -- a strategy of :class:`GeneratedRequest`: ``raw`` is the request on
   the wire; ``method``, ``target``, ``headers`` (raw-case name, value, in order, repeats
   kept), ``body`` (de-chunked) and ``http_version`` are what a faithful parser yields.
+  Opt-in: HTTP/1.0, absolute-form targets, hop-by-hop headers, bodies of 256 KiB - 1 MiB.
 - :func:`pipelines` -- several requests in one buffer.
 - :func:`split` -- cut bytes into non-empty pieces at random points (never ``b""``, which
   means EOF to the connection classes).
@@ -14,12 +15,17 @@ tests through real sockets (write ``raw`` to the proxy, compare what the app rec
 Random header names never collide with :data:`SPECIAL_HEADER_NAMES` (framing, hop-by-hop,
 ``Host``, ``Expect``, ``Prefer``, ``X-Forwarded-*``, ``HQM-*``), so the random part of a
 generated request is passed through a proxy unchanged; the special headers a generated
-request carries are exactly one ``Host`` (HTTP/1.1, optional in 1.0) and at most one
-``Content-Length`` or ``Transfer-Encoding: chunked``.
+request carries are exactly one ``Host`` (HTTP/1.1, optional in 1.0), at most one
+``Content-Length`` or ``Transfer-Encoding: chunked`` and, with ``hop_by_hop=True``,
+hop-by-hop fields (``Connection``, possibly naming random headers of the request,
+``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``; never ``Upgrade``, which a
+proxy refuses). :meth:`GeneratedRequest.end_to_end_headers` is what a proxy must forward
+of them, worked out from RFC 9110 section 7.6.1, not from hqm's code.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
@@ -51,6 +57,23 @@ SPECIAL_HEADER_PREFIXES = (b"x-forwarded-", b"hqm-", b"proxy-")
 
 COMMON_METHODS = (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"HEAD")
 
+#: Hop-by-hop fields (RFC 9110 section 7.6.1, plus the widespread Proxy-Connection and
+#: Keep-Alive): a proxy removes them, and every field that ``Connection`` names.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+#: Smallest and largest size of the large bodies ``requests(large_bodies=True)`` mixes in.
+LARGE_BODY_MIN = 256 << 10
+LARGE_BODY_MAX = 1 << 20
+
 Header = tuple[bytes, bytes]
 
 
@@ -73,6 +96,31 @@ class GeneratedRequest:
     def header_values(self, name: bytes) -> list[bytes]:
         """Values of header ``name`` (case-insensitive), in order."""
         return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    def connection_options(self) -> frozenset[bytes]:
+        """The lower-case options of every ``Connection`` field (a comma-separated list,
+        empty elements ignored: RFC 9110 section 5.6.1)."""
+        return frozenset(
+            option.strip(b" \t").lower()
+            for value in self.header_values(b"connection")
+            for option in value.split(b",")
+            if option.strip(b" \t")
+        )
+
+    def hop_by_hop_names(self) -> frozenset[bytes]:
+        """Lower-case names a proxy must not forward: the hop-by-hop fields and every
+        field ``Connection`` names."""
+        return HOP_BY_HOP | self.connection_options()
+
+    def end_to_end_headers(self) -> tuple[Header, ...]:
+        """``headers`` without the hop-by-hop ones: what a proxy forwards as received."""
+        drop = self.hop_by_hop_names()
+        return tuple((n, v) for n, v in self.headers if n.lower() not in drop)
+
+    @property
+    def keep_alive(self) -> bool:
+        """The connection may carry another request after this one's response."""
+        return self.http_version == b"1.1" and b"close" not in self.connection_options()
 
 
 def _latin1(s: str) -> bytes:
@@ -126,6 +174,25 @@ def targets() -> st.SearchStrategy[bytes]:
     return st.one_of(fixed, path)
 
 
+def absolute_targets(authority: bytes) -> st.SearchStrategy[bytes]:
+    """absolute-form request-targets (RFC 9112 section 3.2.2) for ``authority``."""
+    scheme = st.sampled_from([b"http://", b"http://", b"https://", b"HTTP://"])
+    return st.builds(lambda s, path: s + authority + path, scheme, targets())
+
+
+def large_bodies(
+    min_size: int = LARGE_BODY_MIN, max_size: int = LARGE_BODY_MAX
+) -> st.SearchStrategy[bytes]:
+    """Random bodies of ``min_size``..``max_size`` bytes. Built from a drawn seed: such a
+    body is more bytes than Hypothesis draws for one example, and it still replays and
+    shrinks (towards ``min_size``)."""
+    return st.builds(
+        lambda size, seed: random.Random(seed).randbytes(size),
+        st.integers(min_size, max_size),
+        st.integers(0, 2**32 - 1),
+    )
+
+
 def hosts() -> st.SearchStrategy[bytes]:
     name = st.from_regex(r"\A[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?\Z", fullmatch=True)
     port = st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}"))
@@ -152,6 +219,48 @@ def _chunked_body(draw, body: bytes, trailer_headers: bool) -> bytes:
     return bytes(out)
 
 
+_SEPARATORS = [b",", b", ", b" , ", b",  ", b", ,"]
+
+
+@st.composite
+def _hop_by_hop_lines(draw, random_names: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """Hop-by-hop fields: ``Connection`` (options: close/keep-alive, hop-by-hop names,
+    names of the request's random headers, names of fields added here for it) and some of
+    ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``; never Upgrade."""
+    case = st.sampled_from
+    lines: list[tuple[bytes, bytes]] = []
+    for _ in range(draw(st.integers(0, 2))):  # Connection, possibly repeated
+        options: list[bytes] = []
+        if draw(st.booleans()):
+            options.append(draw(case([b"close", b"Close", b"keep-alive", b"Keep-Alive"])))
+        options += draw(
+            st.lists(
+                case([b"TE", b"te", b"Trailer", b"keep-alive", b"Proxy-Connection"]), max_size=2
+            )
+        )
+        if random_names and draw(st.booleans()):  # a random header of the request
+            name = draw(case(random_names))
+            options.append(draw(case([name, name.lower(), name.upper()])))
+        for name in draw(st.lists(header_names(), max_size=2)):  # a field just for this hop
+            options.append(name)
+            lines.append((name, draw(header_values())))
+        if not options:
+            options.append(draw(case([b"keep-alive", b"close"])))
+        value = options[0]
+        for option in options[1:]:
+            value += draw(case(_SEPARATORS)) + option
+        lines.append((draw(case([b"Connection", b"connection", b"CONNECTION"])), value))
+    others = [
+        (case([b"Keep-Alive", b"keep-alive"]), case([b"timeout=5, max=100", b"300"])),
+        (case([b"Proxy-Connection", b"proxy-connection"]), case([b"keep-alive", b"close"])),
+        (case([b"TE", b"te", b"Te"]), case([b"trailers", b"trailers, deflate;q=0.5", b"gzip"])),
+        (case([b"Trailer", b"trailer"]), case([b"X-Checksum", b"Expires, X-Sig"])),
+    ]
+    for name, value in draw(st.lists(st.sampled_from(others), max_size=4)):
+        lines.append((draw(name), draw(value)))
+    return lines
+
+
 @st.composite
 def requests(
     draw,
@@ -162,16 +271,33 @@ def requests(
     allow_http10: bool = False,
     methods: st.SearchStrategy[bytes] | None = None,
     bodies: st.SearchStrategy[bytes] | None = None,
+    absolute_form: bool = False,
+    hop_by_hop: bool = False,
+    large_bodies: bool = False,
+    always_host: bool = False,
 ) -> GeneratedRequest:
     """A strategy of valid requests (see :class:`GeneratedRequest`).
 
-    ``allow_http10`` mixes in HTTP/1.0 requests (no chunked, Host optional, the
-    connection closes after them). ``methods``/``bodies`` override the defaults.
+    ``allow_http10`` mixes in HTTP/1.0 requests (no chunked, Host optional unless
+    ``always_host``, the connection closes after them). ``methods``/``bodies`` override
+    the defaults. ``absolute_form`` mixes in ``GET http://host/path`` targets (the
+    authority is the Host value when there is one); ``hop_by_hop`` adds hop-by-hop
+    fields; ``large_bodies`` makes about one body in six 256 KiB - 1 MiB.
     """
     method = draw(methods if methods is not None else request_methods())
-    target = draw(targets())
     version = draw(st.sampled_from([b"1.1", b"1.0"])) if allow_http10 else b"1.1"
-    body = draw(bodies if bodies is not None else st.binary(max_size=max_body))
+    with_host = version == b"1.1" or always_host or draw(st.booleans())
+    host = draw(hosts()) if with_host else None
+    if absolute_form and draw(st.booleans()):
+        target = draw(absolute_targets(host if host is not None else draw(hosts())))
+    else:
+        target = draw(targets())
+    if bodies is not None:
+        body = draw(bodies)
+    elif large_bodies and draw(st.integers(0, 5)) == 5:
+        body = draw(_large_bodies())
+    else:
+        body = draw(st.binary(max_size=max_body))
     chunked = version == b"1.1" and allow_chunked and draw(st.booleans())
 
     # (name, value-as-parsed, wire-line)
@@ -187,8 +313,11 @@ def requests(
 
     case = st.sampled_from
 
-    if version == b"1.1" or draw(st.booleans()):
-        insert(draw(case([b"Host", b"host", b"HOST"])), draw(hosts()))
+    if hop_by_hop:
+        for name, value in draw(_hop_by_hop_lines([name for name, _, _ in lines])):
+            insert(name, value)
+    if host is not None:
+        insert(draw(case([b"Host", b"host", b"HOST"])), host)
     if chunked:
         insert(draw(case([b"Transfer-Encoding", b"transfer-encoding"])), b"chunked")
     elif body or draw(st.booleans()):
@@ -206,6 +335,9 @@ def requests(
         raw=head + wire_body,
         http_version=version,
     )
+
+
+_large_bodies = large_bodies  # ``requests`` has a parameter of that name
 
 
 def pipelines(

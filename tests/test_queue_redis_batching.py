@@ -4,7 +4,7 @@ waiters registered before the XADD. Real redis-server, as in tests/test_queue_re
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -23,22 +23,34 @@ from tests.test_queue_redis import (
     record,
     response,
     run,
+    until,
 )
 
 __all__ = ["redis_server"]
 
 
-def _count_fetches(q: RedisQueue) -> list[str]:
-    """Record every result GET the waiters of ``q`` make."""
-    calls: list[str] = []
+def _count_fetches(q: RedisQueue) -> list[tuple[str, int]]:
+    """Record every result GET the waiters of ``q`` make: (request id, notifications
+    ``q`` had received when it was made)."""
+    calls: list[tuple[str, int]] = []
     fetch = q._replies._fetch
 
     async def counting(request_id: str) -> ResponseRecord | None:
-        calls.append(request_id)
+        calls.append((request_id, q.notifications))
         return await fetch(request_id)
 
     q._replies._fetch = counting
     return calls
+
+
+@pytest.fixture
+def no_early_poll(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Waiters poll the result key only at the end of their wait (not after 0.25 s): a
+    waiter answered before then, or a GET made before then, was set off by the
+    notification, however slow the machine (instead of timing the answer)."""
+    monkeypatch.setattr(redis_wait, "_FIRST_POLL_S", 60.0)
+    monkeypatch.setattr(redis_wait, "_MAX_POLL_S", 60.0)
+    yield
 
 
 def test_concurrent_outcomes_share_one_round_trip(redis_server: RedisServer) -> None:
@@ -50,8 +62,8 @@ def test_concurrent_outcomes_share_one_round_trip(redis_server: RedisServer) -> 
         await asyncio.gather(*(q.enqueue(record(body=b"")) for _ in range(30)))
         ds = await q.claim("c", 30, 0.5)
         assert len(ds) == 30
-        while q._outcomes._task is not None:  # the "processing" states, posted by claim
-            await asyncio.sleep(0.01)
+        # the "processing" states claim posted: written once nothing is left to flush
+        await until(lambda: q._outcomes._task is None and not q._outcomes._items)
         assert {(await q.state(d.record.id)).status for d in ds} == {Status.PROCESSING}
         flushes = q._outcomes.flushes
         await asyncio.gather(
@@ -104,7 +116,9 @@ async def _live_pair(url: str, name: str) -> tuple[RedisQueue, RedisQueue]:
     return proxy, worker
 
 
-def test_notified_waiter_gets_the_result_without_a_get(redis_server: RedisServer) -> None:
+def test_notified_waiter_gets_the_result_without_a_get(
+    redis_server: RedisServer, no_early_poll: None
+) -> None:
     async def body() -> None:
         proxy, worker = await _live_pair(redis_server.url, "carry")
         fetches = _count_fetches(proxy)
@@ -113,12 +127,10 @@ def test_notified_waiter_gets_the_result_without_a_get(redis_server: RedisServer
         assert rec.id in proxy._replies.waiters  # registered before the XADD
         waiting = asyncio.create_task(proxy.wait_result(rec.id, 10))
         [delivery] = await worker.claim("w", 1, 0.5)
-        started = time.monotonic()
         await worker.complete(delivery, response(BODY))
         result = await waiting
-        assert time.monotonic() - started < 0.2  # notified, not polled
         assert result == response(BODY)
-        assert fetches == []
+        assert fetches == []  # notified, not polled: the result came in the message
         assert proxy.notifications == 1
         assert proxy._replies.waiters == {}
         await proxy.close()
@@ -127,7 +139,9 @@ def test_notified_waiter_gets_the_result_without_a_get(redis_server: RedisServer
     run(body())
 
 
-def test_dead_letter_notification_carries_the_502(redis_server: RedisServer) -> None:
+def test_dead_letter_notification_carries_the_502(
+    redis_server: RedisServer, no_early_poll: None
+) -> None:
     async def body() -> None:
         proxy, worker = await _live_pair(redis_server.url, "dead502")
         fetches = _count_fetches(proxy)
@@ -144,7 +158,9 @@ def test_dead_letter_notification_carries_the_502(redis_server: RedisServer) -> 
     run(body())
 
 
-def test_oversized_result_is_announced_by_id_and_fetched(redis_server: RedisServer) -> None:
+def test_oversized_result_is_announced_by_id_and_fetched(
+    redis_server: RedisServer, no_early_poll: None
+) -> None:
     async def body() -> None:
         proxy, worker = await _live_pair(redis_server.url, "big")
         fetches = _count_fetches(proxy)
@@ -153,11 +169,9 @@ def test_oversized_result_is_announced_by_id_and_fetched(redis_server: RedisServ
         waiting = asyncio.create_task(proxy.wait_result(rec.id, 10))
         [delivery] = await worker.claim("w", 1, 0.5)
         big = response(b"x" * (redis_wait.NOTIFY_MAX_BYTES + 1))
-        started = time.monotonic()
         await worker.complete(delivery, big)
         assert await waiting == big
-        assert time.monotonic() - started < 0.2  # GET on notification, not on the poll
-        assert fetches == [rec.id]
+        assert fetches == [(rec.id, 1)]  # one GET, made on the notification, not a poll
         assert proxy.notifications == 1
         await proxy.close()
         await worker.close()
@@ -165,9 +179,12 @@ def test_oversized_result_is_announced_by_id_and_fetched(redis_server: RedisServ
     run(body())
 
 
-def test_corrupt_notification_falls_back_to_get(redis_server: RedisServer) -> None:
+def test_corrupt_notification_falls_back_to_get(
+    redis_server: RedisServer, no_early_poll: None
+) -> None:
     async def body() -> None:
         proxy, worker = await _live_pair(redis_server.url, "corrupt")
+        fetches = _count_fetches(proxy)
         rec = record(reply_to=proxy.reply_channel, mode="wait")
         await proxy.enqueue(rec)
         waiting = asyncio.create_task(proxy.wait_result(rec.id, 10))
@@ -175,10 +192,9 @@ def test_corrupt_notification_falls_back_to_get(redis_server: RedisServer) -> No
         # Stored without a notification, then a garbled one arrives.
         silent = replace(delivery, record=replace(delivery.record, reply_to=""))
         await worker.complete(silent, response(b"stored"))
-        started = time.monotonic()
         await worker._redis.publish(proxy.reply_channel, rec.id.encode() + b"\nHQM\x01garbage")
         assert (await waiting).body == b"stored"
-        assert time.monotonic() - started < 0.2
+        assert fetches == [(rec.id, 1)]  # the GET the garbled notification set off
         await proxy.close()
         await worker.close()
 
@@ -203,22 +219,42 @@ def test_expected_waiter_dropped_when_enqueue_fails(redis_server: RedisServer) -
     run(body())
 
 
+class JumpingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock (``loop.time()``, which the waiters' horizon reads) the
+    test moves forward by hand instead of waiting."""
+
+    offset = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.offset
+
+
 def test_uncollected_expected_waiters_are_forgotten(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_wait, "_EXPECT_HORIZON_S", 0.01)
+    horizon = 60.0  # no real delay comes near it: only the jump below passes it
+    monkeypatch.setattr(redis_wait, "_EXPECT_HORIZON_S", horizon)
 
     async def body() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, JumpingLoop)
         q = RedisQueue(redis_server.url, "orphans")
         await q.start()
-        for _ in range(5):  # their callers never wait
-            await q.enqueue(record(reply_to=q.reply_channel, mode="wait"))
-            await asyncio.sleep(0.02)
-        assert len(q._replies.waiters) <= 1
-        assert len(q._replies._expected) <= 1
+        orphans = [record(reply_to=q.reply_channel, mode="wait") for _ in range(3)]
+        for rec in orphans:  # their callers never wait
+            await q.enqueue(rec)
+        ids = {rec.id for rec in orphans}
+        assert set(q._replies._expected) == ids  # within the horizon: all kept
+        assert set(q._replies.waiters) == ids
+        loop.offset += horizon + 1  # (jumped between calls: nothing was in flight)
+        last = record(reply_to=q.reply_channel, mode="wait")
+        await q.enqueue(last)  # registering the next one forgets those past the horizon
+        assert set(q._replies._expected) == {last.id}
+        assert set(q._replies.waiters) == {last.id}
         await q.close()
 
-    run(body())
+    with asyncio.Runner(loop_factory=JumpingLoop) as runner:
+        runner.run(asyncio.wait_for(body(), 2 * horizon))  # (the jump uses up half)
 
 
 def test_late_processing_state_never_overwrites_a_final_one(redis_server: RedisServer) -> None:
@@ -231,8 +267,7 @@ def test_late_processing_state_never_overwrites_a_final_one(redis_server: RedisS
         await q.complete(delivery, response())
         # a reclaim racing the complete: its "processing" lands after "done"
         q._outcomes.post(("p", rec.id, [b'{"s":"processing","a":0}']))
-        while q._outcomes._task is not None:
-            await asyncio.sleep(0.01)
+        await until(lambda: q._outcomes._task is None and not q._outcomes._items)
         assert (await q.state(rec.id)).status is Status.DONE
         # ... or after "retrying"
         other = record()
@@ -240,8 +275,7 @@ def test_late_processing_state_never_overwrites_a_final_one(redis_server: RedisS
         [delivery] = await q.claim("c", 1, 0.5)
         await q.retry_later(delivery, 1.0, "503")
         q._outcomes.post(("p", other.id, [b'{"s":"processing","a":0}']))
-        while q._outcomes._task is not None:
-            await asyncio.sleep(0.01)
+        await until(lambda: q._outcomes._task is None and not q._outcomes._items)
         assert (await q.state(other.id)).status is Status.RETRYING
         await q.close()
 

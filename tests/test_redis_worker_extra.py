@@ -8,6 +8,7 @@ import signal
 import threading
 from collections import Counter
 
+from hqm.proto.envelope import RequestRecord, encode_request
 from tests.redis_server import RedisServer, redis_server
 from tests.support import Answer, Seen, poll_result, request, wait_until
 from tests.test_worker_redis import (
@@ -34,16 +35,48 @@ def status(port: int, request_id: str) -> tuple[int, dict]:
     return response.status, response.json() if response.status != 200 else {}
 
 
+def _canary(r, n: int) -> None:
+    """Put a request in the stream already claimed by a consumer that never renews it
+    (XADD and XREADGROUP in one transaction: no worker can read it first). Once it has
+    been idle a visibility timeout, a worker's reclaim takes it and the app sees it."""
+    record = RequestRecord(
+        id=f"canary{n}", method=b"GET", target=b"/canary/%d" % n, headers=((b"Host", b"c"),)
+    )
+    pipe = r.pipeline(transaction=True)
+    pipe.xadd(STREAM, {"r": encode_request(record), "a": 0, "i": record.id})
+    pipe.xreadgroup(GROUP, "ghost", {STREAM: ">"}, count=1)
+    added, read = pipe.execute()
+    [(_, [(entry_id, _)])] = read
+    assert entry_id == added  # the ghost holds it
+
+
 def test_a_slow_request_is_not_delivered_twice(redis_server: RedisServer, app, spawn: Spawner):
     gate = threading.Event()
-    app.respond = held(gate, done_target)
+
+    def respond(seen: Seen) -> Answer:
+        if seen.target == b"/slow":
+            assert gate.wait(60), "the test never released the app"
+        return done_target(seen)
+
+    app.respond = respond
     hqm = spawn.proxy(app.address, redis_server.url)
     for name in ("slow1", "slow2"):
         spawn.worker(redis_server.url, app.address, "--consumer", name, "--visibility-timeout", "1")
     (request_id,) = enqueue(hqm.port, [b"/slow"], connections=1)
     assert wait_until(lambda: app.count() == 1)
-    # held for several visibility timeouts: the owner keeps renewing its claim
-    assert not wait_until(lambda: app.count() > 1, timeout=4)
+    r = admin_client(redis_server.url)
+    [slow] = r.xpending_range(STREAM, GROUP, "-", "+", 10)
+    # Held for several visibility timeouts: the owner keeps renewing its claim. The
+    # positive signal that the workers' reclaims had their chance at it each time: a
+    # canary claimed after /slow reached the app, never renewed, is reclaimed and
+    # reaches the app; a reclaim then found /slow older still, had it not been renewed
+    # (each reclaim scans the whole pending list here: its COUNT is the free slots, 15).
+    for n in range(3):
+        _canary(r, n)
+        assert wait_until(lambda n=n: app.count(lambda s: s.target == b"/canary/%d" % n) > 0)
+        [now] = r.xpending_range(STREAM, GROUP, slow["message_id"], slow["message_id"], 1)
+        assert (now["consumer"], now["times_delivered"]) == (slow["consumer"], 1)
+        assert app.count(lambda s: s.target == b"/slow") == 1
     gate.set()
     assert poll_result(hqm.port, request_id).status == 200
     assert ids_seen(app)[request_id] == 1

@@ -225,7 +225,9 @@ class HttpProtocol(asyncio.Protocol):
             frame_from_body=reply.frame_from_body,
         )
         self._transport.write(self._conn.data_to_send())
-        if self._conn.must_close or self._tracker.draining:
+        if self._conn.must_close:
+            self._linger()  # close in stages (RFC 9112 9.6): pipelined bytes get no RST
+        elif self._tracker.draining:
             self._close()
         else:
             self._process()  # parses what was pipelined meanwhile; resumes reading

@@ -78,13 +78,19 @@ _FORWARDED_SET = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 
 
 def upstream_request_headers(
-    headers: Iterable[Header], *, body_length: int, request_id: str, forwarded: ForwardedInfo
+    headers: Iterable[Header],
+    *,
+    body_length: int,
+    request_id: str,
+    forwarded: ForwardedInfo,
+    default_host: bytes = b"",
 ) -> list[Header]:
     """Headers to send to the app for a stored request.
 
     Hop-by-hop fields go, Content-Length is set to the stored (de-chunked) body's length
     in the place the client put it (appended when the client sent chunked),
-    X-Forwarded-* are written by ``forwarded.policy`` and HQM-Request-Id added last.
+    X-Forwarded-* are written by ``forwarded.policy`` and HQM-Request-Id added last;
+    a request without Host (HTTP/1.0) gets ``default_host``.
     """
     policy = forwarded.policy
     out = strip_hop_by_hop(headers)
@@ -107,6 +113,10 @@ def upstream_request_headers(
             has_xfhost = True
         elif lower == b"host" and host is None:
             host = value
+    if host is None and default_host:
+        # An HTTP/1.0 request may come without Host; the replay is HTTP/1.1, which
+        # requires one (RFC 9112 3.2): the app's own address, first as is usual.
+        out.insert(0, (b"Host", default_host))
     if not has_length and body_length:
         out.append((b"Content-Length", str(body_length).encode()))
     if policy.enabled:

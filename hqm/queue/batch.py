@@ -62,8 +62,14 @@ class Batcher(Generic[T, R]):
             self._add(item, None)
             return
         self._items.append((item, None))
-        if self._task is None and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(within_s, self._kick)
+        if self._task is not None:
+            return  # the flush in flight takes it with the next batch
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            if self._timer.when() <= loop.time() + within_s:
+                return  # a timer goes off in time for this one too
+            self._timer.cancel()  # due later than this one: move it up
+        self._timer = loop.call_later(within_s, self._kick)
 
     def _kick(self) -> None:
         self._timer = None

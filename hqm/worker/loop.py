@@ -50,6 +50,7 @@ class Worker:
         fleet: FleetGate | None = None,
     ) -> None:
         self._queue = queue
+        self._app_host = str(pool.upstream).encode()
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
@@ -232,6 +233,7 @@ class Worker:
             forwarded=ForwardedInfo(
                 client=record.client, proto=record.scheme, policy=self._settings.forwarding
             ),
+            default_host=self._app_host,
         )
         try:
             response = await self._sender.send(delivery, headers)
