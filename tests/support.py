@@ -328,3 +328,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE_S) -> bo
             return False
         time.sleep(0.01)
     return True
+
+
+class HandClock:
+    """A clock function the test moves by hand (``clock.now += 1.5``)."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now

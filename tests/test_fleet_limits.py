@@ -12,22 +12,14 @@ import pytest
 
 from hqm.queue.memory_limits import MemoryLimits
 from tests.redis_server import RedisServer, redis_server
-from tests.support import Answer, Backend, HqmProcess, proxy, request, wait_until
+from tests.support import Answer, Backend, HandClock, HqmProcess, proxy, request, wait_until
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_gcra_reservations_space_requests_after_the_burst():
     async def body() -> list[float]:
-        limits = MemoryLimits(Clock())
+        limits = MemoryLimits(HandClock(50.0))
         return [(await limits.reserve(10.0, 3)).wait_s for _ in range(6)]
 
     waits = asyncio.run(body())
@@ -36,7 +28,7 @@ def test_gcra_reservations_space_requests_after_the_burst():
 
 def test_enforced_rate_halves_on_throttling_and_climbs_back_with_successes():
     async def body() -> list[float]:
-        clock = Clock()
+        clock = HandClock(50.0)
         limits = MemoryLimits(clock)
         rates = [(await limits.reserve(100.0, 1)).effective_rate]
         rates.append((await limits.reserve(100.0, 1, throttled=3)).effective_rate)
@@ -52,7 +44,7 @@ def test_enforced_rate_halves_on_throttling_and_climbs_back_with_successes():
 
 def test_a_pause_holds_every_reservation_back():
     async def body() -> tuple[float, float, float]:
-        clock = Clock()
+        clock = HandClock(50.0)
         limits = MemoryLimits(clock)
         await limits.pause(2.0)
         await limits.pause(1.0)  # never shortens a pause
@@ -68,7 +60,7 @@ def test_a_pause_holds_every_reservation_back():
 
 def test_leases_are_bounded_and_lapse_unless_renewed():
     async def body() -> None:
-        clock = Clock()
+        clock = HandClock(50.0)
         limits = MemoryLimits(clock)
         assert await limits.lease("a", 2, 5) and await limits.lease("b", 2, 5)
         assert not await limits.lease("c", 2, 5)

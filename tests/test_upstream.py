@@ -12,6 +12,7 @@ import pytest
 from hqm.io.address import Address
 from hqm.worker.upstream import PoolSettings, UpstreamError, UpstreamPool
 from tests.redis_server import free_port
+from tests.support import HandClock
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 HEADERS = [(b"Host", b"app"), (b"Content-Length", b"3")]
@@ -168,14 +169,6 @@ def test_app_closing_idle_connections_loses_no_request() -> None:
     run(body())
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize(
     ("answer", "idle_timeout", "kept_for"),
     [
@@ -196,7 +189,7 @@ def test_idle_connections_retire_before_the_app_closes_them(answer, idle_timeout
             writer.write(answer)
 
     async def body() -> None:
-        clock = Clock()
+        clock = HandClock(0.0)
         async with App(script) as app:
             pool = UpstreamPool(
                 Address("127.0.0.1", app.port),

@@ -9,21 +9,13 @@ import re
 
 from hqm.worker.breaker import BASE_COOLDOWN_S, MAX_COOLDOWN_S, THRESHOLD, Breaker, State
 from tests.redis_server import RedisServer, free_port, redis_server
-from tests.support import Backend, HqmProcess, poll_result, request, wait_until
+from tests.support import Backend, HandClock, HqmProcess, poll_result, request, wait_until
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _breaker() -> tuple[Breaker, Clock, list[tuple[State, State]]]:
-    clock, changes = Clock(), []
+def _breaker() -> tuple[Breaker, HandClock, list[tuple[State, State]]]:
+    clock, changes = HandClock(100.0), []
     return Breaker(clock, lambda old, new: changes.append((old, new))), clock, changes
 
 
