@@ -5,6 +5,7 @@ worker processes, a real app counting what reaches it; only upper bounds on coun
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -120,16 +121,21 @@ def _workers(redis_url: str, upstream: str, count: int, *extra: str) -> list[Hqm
     return [HqmProcess(*args, *extra).wait_ready() for _ in range(count)]
 
 
+#: The window the rate is checked over: the issue's figure is 10 s; the suite uses 3
+#: (HQM_TEST_RATE_WINDOW_S=10 runs it in full).
+RATE_WINDOW_S = float(os.environ.get("HQM_TEST_RATE_WINDOW_S", "3"))
+
+
 def test_global_rate_holds_across_four_workers(redis_server: RedisServer, counting):
-    """4 workers, --global-rate 40: in any 3 s the app gets at most 40 x 3 + burst
-    (+ 10 for the spread of network latency over the window's two edges)."""
+    """4 workers, --global-rate 40: in any window of W s the app gets at most 40 x W +
+    burst (+ 10 for the spread of network latency over the window's two edges)."""
+    window = RATE_WINDOW_S
     app = counting()
-    hqm = _fill(redis_server.url, app.backend.address, 400)
+    hqm = _fill(redis_server.url, app.backend.address, int(40 * window * 1.5) + 20)
     workers = _workers(redis_server.url, app.backend.address, 4, "--global-rate", "40")
     try:
-        assert wait_until(lambda: len(app.arrivals) >= 140, timeout=30)
+        assert wait_until(lambda: len(app.arrivals) >= 40 * window + 20, timeout=10 + 3 * window)
         arrivals = sorted(app.arrivals)
-        window = 3.0
         busiest = max(
             sum(1 for t in arrivals[i:] if t - start <= window) for i, start in enumerate(arrivals)
         )

@@ -5,7 +5,9 @@ real app that comes back on the same port."""
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import time
 
 from hqm.worker.breaker import BASE_COOLDOWN_S, MAX_COOLDOWN_S, THRESHOLD, Breaker, State
 from tests.redis_server import RedisServer, free_port, redis_server
@@ -68,6 +70,11 @@ def test_failed_probes_back_off_to_the_cap_and_an_abandoned_probe_frees_the_slot
     assert all(old is not new for old, new in changes)
 
 
+#: The outage: seconds the app is down while requests keep arriving at 10/s. The issue's
+#: own figure is 20 s; the suite uses less (HQM_TEST_OUTAGE_S=20 runs it in full).
+OUTAGE_S = float(os.environ.get("HQM_TEST_OUTAGE_S", "3"))
+
+
 def test_app_outage_under_steady_traffic_dead_letters_nothing(redis_server: RedisServer):
     """The app is down while requests arrive; the worker neither spends attempts nor
     dead-letters anything; once the app is back every request is answered once."""
@@ -80,17 +87,22 @@ def test_app_outage_under_steady_traffic_dead_letters_nothing(redis_server: Redi
     app = None
     try:
         ids = []
-        for i in range(40):  # the app is down for all of these
-            accepted = request(proxy.port, b"POST", b"/order/%d" % i, body=b"x")
+        down_until = time.monotonic() + OUTAGE_S
+        while time.monotonic() < down_until or len(ids) < 10:  # the app is down meanwhile
+            accepted = request(proxy.port, b"POST", b"/order/%d" % len(ids), body=b"x")
             assert accepted.status == 202
             ids.append(accepted.json()["id"])
+            time.sleep(0.1)  # pacing the steady traffic, not waiting for an outcome
         opened = re.compile(r'"msg": ?"circuit breaker open"')
         assert _wait_log(worker, opened), worker.log()
         app = Backend(port=app_port)  # the app is back
+        for _ in range(10):  # and traffic goes on
+            accepted = request(proxy.port, b"POST", b"/order/%d" % len(ids), body=b"x")
+            ids.append(accepted.json()["id"])
         results = [poll_result(proxy.port, rid, timeout=60) for rid in ids]
         assert [r.status for r in results] == [200] * len(ids)
         targets = sorted(seen.target for seen in app.seen)
-        assert targets == sorted(b"/order/%d" % i for i in range(40))  # each exactly once
+        assert targets == sorted(b"/order/%d" % i for i in range(len(ids)))  # each once
         assert "dead-lettering" not in worker.log()
         transitions = [
             line.split('"msg":')[1].split(",")[0]
