@@ -66,8 +66,8 @@ class App:
             writer.write(OK)
 
 
-def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 20))
+def run(coro: Awaitable[None], timeout_s: float = 20) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
 def test_keep_alive_connection_is_reused() -> None:
@@ -175,7 +175,7 @@ def test_app_closing_idle_connections_loses_no_request() -> None:
             await pool.close()
 
     app: App
-    run(body())
+    run(body(), timeout_s=20 + 3 * count * KEEPALIVE_GAP_S)
 
 
 @pytest.mark.parametrize(
