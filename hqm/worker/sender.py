@@ -63,8 +63,19 @@ class Sender:
         again, until --max-retry-duration has passed since its first such failure.
         """
         record = delivery.record
-        unreachable_since: float | None = None
-        while await self._permit():
+        deadline: float | None = None  # set by the first connection failure
+        last_error: UpstreamError | None = None
+        while True:
+            permitted = await self._permit(deadline)
+            if permitted is None:
+                return None  # stopping: left pending, not lost
+            if not permitted:
+                assert last_error is not None
+                raise UpstreamError(
+                    f"{last_error}; unreachable for {self._max_retry_s:g} s (--max-retry-duration)",
+                    reached=False,
+                    permanent=True,
+                )
             async with self._fleet.slot(delivery.entry_id):
                 await self._limiter.acquire()
                 started = time.perf_counter()
@@ -81,34 +92,36 @@ class Sender:
                     self._outcome(reached=exc.reached)
                     if exc.reached:
                         raise
-                    now = time.monotonic()
-                    unreachable_since = unreachable_since or now
-                    if now - unreachable_since >= self._max_retry_s:
-                        raise UpstreamError(
-                            f"{exc}; unreachable for {self._max_retry_s:g} s "
-                            "(--max-retry-duration)",
-                            reached=False,
-                            permanent=True,
-                        ) from None
+                    last_error = exc
+                    deadline = deadline or time.monotonic() + self._max_retry_s
                     continue
             self._outcome(reached=True)
             self._observe(f"{response.status // 100}xx", time.perf_counter() - started)
             return response
-        return None
 
-    async def _permit(self) -> bool:
-        """Wait until the breaker lets a request go; False once stopping."""
+    async def _permit(self, deadline: float | None) -> bool | None:
+        """Wait until the breaker lets a request go (True), ``deadline`` (monotonic)
+        passes first (False), or the worker stops (None)."""
         self.held += 1
         try:
-            while not self._stopping and not self.breaker.start():
+            while not self._stopping:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                if self.breaker.start():
+                    return True
                 self._changed.clear()
-                delay = self.breaker.retry_in_s()
+                delay = self.breaker.retry_in_s() or None  # None: until the probe ends
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    delay = left if delay is None else min(delay, left)
+                    if delay <= 0:
+                        continue
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay if delay > 0 else None):
+                    async with asyncio.timeout(delay):
                         await self._changed.wait()
+            return None
         finally:
             self.held -= 1
-        return not self._stopping
 
     def _outcome(self, *, reached: bool) -> None:
         if reached:
