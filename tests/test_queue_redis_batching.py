@@ -282,24 +282,27 @@ def test_late_processing_state_never_overwrites_a_final_one(redis_server: RedisS
     run(body())
 
 
-def test_claim_rides_with_the_outcomes_and_marks_processing(redis_server: RedisServer) -> None:
+def test_claim_rides_with_the_outcomes_and_its_marks_with_the_next(
+    redis_server: RedisServer,
+) -> None:
     async def body() -> None:
         q = RedisQueue(redis_server.url, "ride")
         await q.start()
         recs = [record(body=b"") for _ in range(4)]
         await asyncio.gather(*(q.enqueue(r) for r in recs))
         first = await q.claim("c", 2, 0.5)
-        # marked in the claiming script itself: no separate "processing" write
-        assert q._outcomes._task is None and q._outcomes._items == []
-        for d in first:
-            assert (await q.state(d.record.id)).status is Status.PROCESSING
+        # The "processing" marks wait for the next round trip: the script that claims
+        # cannot declare the state keys of entries it has not read yet.
+        assert q._outcomes._task is None and len(q._outcomes._items) == 2
         flushes = q._outcomes.flushes
         _, second = await asyncio.gather(
             *(q.complete(d, response()) for d in first[:1]), q.claim("c", 2, 0.5)
         )
-        assert q._outcomes.flushes == flushes + 1  # one round trip for both
-        assert len(second) == 2 and {d.record.id for d in [*first, *second]} == {r.id for r in recs}
+        assert q._outcomes.flushes == flushes + 1  # one round trip: marks, outcome, claim
+        assert len(second) == 2
+        assert {d.record.id for d in [*first, *second]} == {r.id for r in recs}
         assert (await q.state(first[0].record.id)).status is Status.DONE
+        assert (await q.state(first[1].record.id)).status is Status.PROCESSING
         await q.close()
 
     run(body())

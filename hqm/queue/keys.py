@@ -2,12 +2,13 @@
 
 All keys of one queue carry the hash tag ``{<queue>}`` so that they live in one
 Redis Cluster slot: the multi-key Lua scripts of ``hqm.queue.redis_lua`` are then
-valid on a cluster too.
+valid on a cluster too. Those scripts build no key name: every key they touch is built
+here and passed in their KEYS.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: The consumer group every hqm worker of a queue reads with.
 GROUP = "hqm"
@@ -18,10 +19,12 @@ class QueueKeys:
     """Key names of one queue."""
 
     queue: str
+    #: What every key of the queue starts with (built once: key names are built per
+    #: message on the hot path).
+    prefix: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def prefix(self) -> str:
-        return f"hqm:{{{self.queue}}}:"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", f"hqm:{{{self.queue}}}:")
 
     @property
     def stream(self) -> str:

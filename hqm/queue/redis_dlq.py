@@ -1,7 +1,9 @@
 """The dead-letter stream of a Redis queue: list, get, replay, purge
 (docs/architecture.md §4 and §5).
 
-Letters are written by the worker's ``finish`` script (hqm.queue.redis_lua), which
+Letters are decoded defensively: whatever a field holds, a letter comes back (a
+corrupt record as a placeholder that cannot be replayed, unreadable numbers as 0).
+They are written by the worker's ``finish`` script (hqm.queue.redis_lua), which
 XADDs them with ``*``: stream order, hence id order, is the order in which they were
 dead-lettered, within one millisecond too (the sequence part counts up). Listing is
 XRANGE in that order; paging goes on from an id, exclusive, whether or not the letter
@@ -10,16 +12,56 @@ of that id is still there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
+from hqm.proto.envelope import RequestRecord
 from hqm.queue.base import DeadLetter
 from hqm.queue.entry_ids import parse_entry_id
 from hqm.queue.keys import QueueKeys
-from hqm.queue.redis_codec import QUEUED, dead_letter, errors
+from hqm.queue.redis_codec import ATTEMPT_DIGITS, QUEUED, Corrupt, decode_record, errors, text
+from hqm.queue.redis_lua import PURGE, RECORD, REPLAY, Script
 
-#: ``RedisQueue._script``: (op, script name, keys, args) -> its reply.
-RunScript = Callable[[str, str, list[Any], list[Any]], Awaitable[Any]]
+_LATEST_TS = 253402300799.0  # 9999-12-31T23:59:59Z: any later time cannot be shown
+
+
+def _shown(value: float) -> float:
+    """A time a user can be shown (epoch seconds, 0 to year 9999); 0.0 otherwise."""
+    return value if math.isfinite(value) and 0.0 <= value <= _LATEST_TS else 0.0
+
+
+def _timestamp(raw: bytes) -> float:
+    try:
+        return _shown(float(raw))
+    except (ValueError, TypeError):
+        return 0.0
+
+
+def dead_letter(raw_id: bytes | str, fields: dict[bytes, bytes]) -> DeadLetter:
+    """A dead-letter stream entry. A corrupt record (undecodable envelope, unusable id)
+    comes back as an empty placeholder (id "", the raw bytes as body), which cannot be
+    replayed; unreadable attempts and times as 0."""
+    raw = fields.get(RECORD.encode(), b"")
+    try:
+        record = decode_record(raw)
+        if _shown(record.received_at) != record.received_at:
+            record = replace(record, received_at=0.0)
+    except Corrupt:
+        record = RequestRecord(id="", method=b"", target=b"", headers=(), body=raw)
+    attempts = fields.get(b"attempts", b"0")
+    return DeadLetter(
+        entry_id=text(raw_id),
+        record=record,
+        error=text(fields.get(b"error", b"")),
+        attempts=int(attempts) if ATTEMPT_DIGITS.fullmatch(attempts) else 0,
+        dead_at=_timestamp(fields.get(b"dead_at", b"0")),
+    )
+
+
+#: ``RedisQueue._script``: (op, script, keys, args) -> its reply.
+RunScript = Callable[[str, Script, list[Any], list[Any]], Awaitable[Any]]
 
 
 class DeadLetters:
@@ -51,14 +93,18 @@ class DeadLetters:
         if letter is None or not letter.record.id:
             return False  # unknown, or a corrupt entry that cannot be replayed
         request_id = letter.record.id
-        keys = [
-            self._keys.dlq,
-            self._keys.stream,
-            self._keys.result(request_id),
-            self._keys.state(request_id),
-        ]
-        args = [letter.entry_id, QUEUED, self._ttl_ms, request_id]
-        return bool(await self._script("replay_dead_letter", "replay", keys, args))
+        keys, args = REPLAY.bind(
+            dlq=self._keys.dlq,
+            stream=self._keys.stream,
+            result_key=self._keys.result(request_id),
+            state_key=self._keys.state(request_id),
+            letter=letter.entry_id,
+            id=request_id,
+            state=QUEUED,
+            ttl_ms=self._ttl_ms,
+        )
+        return bool(await self._script("replay_dead_letter", REPLAY, keys, args))
 
     async def purge(self) -> int:
-        return int(await self._script("purge_dead_letters", "purge", [self._keys.dlq], []))
+        keys, args = PURGE.bind(dlq=self._keys.dlq)
+        return int(await self._script("purge_dead_letters", PURGE, keys, args))

@@ -1,216 +1,353 @@
-"""Lua scripts of the Redis Streams backend: each outcome is one atomic step.
-
-``@G`` stands for the consumer group name; ``RedisQueue`` substitutes it.
+"""Lua scripts of the Redis Streams backend, each outcome one atomic step, and the
+layout of each one's KEYS and ARGV (docs/architecture.md §4), declared once: here
+(``Script``, ``Op``). A script's source starts with a prelude generated from its layout
+(``local stream, delayed = KEYS[1], KEYS[2]``...) and ``Script.bind`` builds a call's
+KEYS and ARGV from the same names, so the two sides cannot disagree. Every key a script
+touches is one of its KEYS, built by hqm.queue.keys (a Redis Cluster routes by them;
+Dragonfly refuses undeclared keys); no script builds a key name. The state JSON is
+written by Python only (``redis_codec.encode_state``) and comes in ARGV; Lua reads a
+stored one only with cjson (op ``mark``), never builds or matches it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import struct
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-#: One entry claimed by the ``finish`` script's op 'n': len(entry id) u8, len(attempt)
-#: u8, status set u8 (1: the script marked it processing), len(record) u32, then the
-#: three strings.
-_CLAIMED = struct.Struct(">BBBI")
-#: First byte of an op 'n' reply that is an error (an entry id is never 255 bytes long).
+from hqm.queue.base import Status
+
+#: Fields of a request stream entry: the encoded request, the attempt (decimal digits),
+#: the request id (docs/architecture.md §4).
+RECORD, ATTEMPT, REQUEST_ID = "r", "a", "i"
+#: Statuses a late "processing" mark must not overwrite (op ``mark``).
+FINAL = (Status.DONE, Status.DEAD, Status.RETRYING)
+#: First byte of a claim reply that is an error (an entry id is never 255 bytes long).
 CLAIM_ERROR = 0xFF
 
-# Stream entries: 'r' the encoded request, 'a' the attempt, 'i' the request id (so that
-# a claim can mark it processing in the same script; entries without it are marked
-# from Python).
 
-# Each script touches only keys of one queue (one hash tag), so it runs on a cluster.
-SCRIPTS = {
-    # KEYS stream, delayed, state...; ARGV max_depth (0: none), ttl_ms, state,
-    # where the request id starts in a state key name, record...
-    "enqueue": """
-local depth = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-local max, off, out = tonumber(ARGV[1]), tonumber(ARGV[4]), {}
-for i = 3, #KEYS do
-  if max > 0 and depth >= max then out[#out + 1] = 0 else
-    out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'r', ARGV[i + 2], 'a', '0',
-      'i', string.sub(KEYS[i], off))
-    redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2])
-    depth = depth + 1
-  end
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One kind of item of an item script: its code (one byte on the wire), the
+    per-request KEYS it consumes (all or, with ``optional_keys``, none), its fields."""
+
+    code: str
+    name: str
+    keys: tuple[str, ...]
+    fields: tuple[str, ...]
+    lua: str
+    #: May come without its keys: the request is unknown (a corrupt entry).
+    optional_keys: bool = False
+    #: Adds one element to the script's reply.
+    replies: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """KEYS ``keys``, ARGV ``args``, then either repetitions of ``each_keys`` (KEYS) and
+    ``each_args`` (ARGV) run through ``each_lua``, or items (ARGV, one per item; the
+    keys of each item follow in KEYS in item order) run through the Lua of their ``Op``.
+    What each name means: docs/architecture.md §4. A KEYS name is the QueueKeys member
+    that builds it (``result_key``: QueueKeys.result of the item's request)."""
+
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    lua: str
+    each_keys: tuple[str, ...] = ()
+    each_args: tuple[str, ...] = ()
+    each_lua: str = ""
+    after_lua: str = ""
+    ops: tuple[Op, ...] = ()
+
+    def source(self, group: str) -> str:
+        return "".join(self._parts(group))
+
+    def _parts(self, group: str) -> Iterable[str]:
+        yield _PRELUDE.format(
+            group=_lua_str(group),
+            fields=", ".join(map(_lua_str, (RECORD, ATTEMPT, REQUEST_ID))),
+            final=", ".join(f"[{_lua_str(s.value)}] = true" for s in FINAL),
+        )
+        yield _locals(self.keys, "KEYS", 0) + _locals(self.args, "ARGV", 0)
+        yield textwrap.dedent(self.lua).lstrip("\n")
+        nk, na = len(self.keys), len(self.args)
+        if self.each_keys or self.each_args:
+            step_k, step_a = len(self.each_keys), len(self.each_args)
+            times = f"(#KEYS - {nk}) / {step_k}" if step_k else f"(#ARGV - {na}) / {step_a}"
+            yield f"for n = 0, {times} - 1 do  -- the n-th repetition\n"
+            yield textwrap.indent(_locals(self.each_keys, "KEYS", nk, step_k), "  ")
+            yield textwrap.indent(_locals(self.each_args, "ARGV", na, step_a), "  ")
+            yield textwrap.indent(textwrap.dedent(self.each_lua).strip("\n") + "\n", "  ")
+            yield "end\n"
+        if self.ops:
+            yield from self._dispatch(nk, na)
+        yield textwrap.dedent(self.after_lua).lstrip("\n")
+
+    def _dispatch(self, nk: int, na: int) -> Iterable[str]:
+        yield f"local k = {nk + 1}\nfor i = {na + 1}, #ARGV do\n"
+        yield textwrap.indent(_UNPACK, "  ")
+        for n, op in enumerate(self.ops):
+            yield f"  {'if' if n == 0 else 'elseif'} op == {_lua_str(op.code)} then  -- {op.name}\n"
+            if op.keys:
+                refs = ", ".join(f"nk > 0 and KEYS[k + {j}]" for j in range(len(op.keys)))
+                yield f"    local {', '.join(op.keys)} = {refs}\n"
+            yield "    " + _locals(op.fields, "f", 0)
+            yield textwrap.indent(textwrap.dedent(op.lua).strip("\n") + "\n", "    ")
+        yield "  end\n  k = k + nk\nend\n"
+
+    def bind(
+        self,
+        *,
+        each: Iterable[Sequence[Any]] = (),
+        items: Iterable[tuple[Sequence[str], bytes]] = (),
+        **named: Any,
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of one call from the layout's names (all, no others); ``each``:
+        each_keys + each_args per repetition; ``items``: (keys, packed item) per item."""
+        if named.keys() != {*self.keys, *self.args}:
+            raise TypeError(f"script {self.name}: got {sorted(named)}")
+        keys = [named[name] for name in self.keys]
+        args = [named[name] for name in self.args]
+        split = len(self.each_keys)
+        for values in each:
+            keys += values[:split]
+            args += values[split:]
+        for item_keys, packed in items:
+            keys += item_keys
+            args.append(packed)
+        return keys, args
+
+
+def _lua_str(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _locals(names: Sequence[str], array: str, base: int, step: int = 0) -> str:
+    at = [f"{array}[{base + j + 1}{f' + {step} * n' if step else ''}]" for j in range(len(names))]
+    return f"local {', '.join(names)} = {', '.join(at)}\n" if names else ""
+
+
+_PRELUDE = """\
+local GROUP, FINAL = {group}, {{{final}}}
+local F_RECORD, F_ATTEMPT, F_ID = {fields}
+"""
+# An item: op code (1 byte), how many KEYS it brings (1 byte), then each field as a
+# u32 length and its bytes (redis_codec.pack_item: one argument per item, not ~8).
+_UNPACK = """\
+local item, f, pos = ARGV[i], {}, 3
+local op, nk = string.sub(item, 1, 1), string.byte(item, 2)
+while pos <= #item do
+  local len = struct.unpack('>I4', item, pos)
+  f[#f + 1] = string.sub(item, pos + 4, pos + 3 + len)
+  pos = pos + 4 + len
 end
-return out""",
-    # The worker's round trip: outcomes of finished deliveries and new claims, batched.
-    # Each outcome is acknowledged and recorded (result + state + notification)
-    # together, and only if this XACK acknowledged it.
-    # KEYS stream, delayed, dlq; ARGV ttl_ms, key prefix of the queue, then one item per
-    # argument (see pack_item: redis-py packs one argument instead of ~8): its op, then
-    # request id (the result and state keys are derived from it: same hash tag), and
-    #   'c' entry, result|'', state, reply_to|'', message              (completed)
-    #   'r' entry, due_at, member, state                               (retry later)
-    #   'd' entry, r, error, attempts, dead_at, result|'', state|'', reply_to|'', message
-    #   'p' state                 (claimed: processing; never overwrites done, dead or
-    #                              retrying, which a late reclaim racing an outcome
-    #                              could do)
-    #   'n' consumer, count       (claim: XREADGROUP without BLOCK; entries that carry
-    #                              their request id are marked processing here)
-    # Returns, per 'n' item, its entries packed into one string (see unpack_claimed):
-    # redis-py parses one bulk string instead of ~10 nested elements per entry.
-    "finish": """
-local ttl, prefix, out = ARGV[1], ARGV[2], {}
-local function settle(st, state)
-  local cur = redis.call('GET', st)
-  if not cur or not (string.find(cur, '"s":"done"', 1, true)
-      or string.find(cur, '"s":"dead"', 1, true)
-      or string.find(cur, '"s":"retrying"', 1, true)) then
-    redis.call('SET', st, state, 'PX', ttl)
-  end
-end
-for i = 3, #ARGV do
-  local item, f, pos = ARGV[i], {}, 2
-  while pos <= #item do
-    local n = struct.unpack('>I4', item, pos)
-    f[#f + 1] = string.sub(item, pos + 4, pos + 3 + n)
-    pos = pos + 4 + n
-  end
-  local op = string.sub(item, 1, 1)
-  local res, st = prefix .. 'res:' .. f[1], prefix .. 'st:' .. f[1]
-  if op == 'n' then
-    local r = redis.pcall('XREADGROUP', 'GROUP', '@G', f[2], 'COUNT', f[3],
-      'STREAMS', KEYS[1], '>')
-    if type(r) == 'table' and r.err then
-      out[#out + 1] = '\\255' .. r.err
-    else
-      local got = {}
-      for _, e in ipairs(r and r[1][2] or {}) do
-        local fields, rec, att, id = e[2], '', '0', nil
-        for j = 1, #fields, 2 do
-          local name = fields[j]
-          if name == 'r' then rec = fields[j + 1] elseif name == 'a' then att = fields[j + 1]
-          elseif name == 'i' then id = fields[j + 1] end
-        end
-        if id then  -- new to the group: its state can only be "queued"
-          redis.call('SET', prefix .. 'st:' .. id, '{"s":"processing","a":' .. att .. '}',
-            'PX', ttl)
-        end
-        got[#got + 1] = struct.pack('>BBBI4', #e[1], #att, id and 1 or 0, #rec)
-          .. e[1] .. att .. rec
-      end
-      out[#out + 1] = table.concat(got)
+"""
+
+ENQUEUE = Script(
+    "enqueue",
+    keys=("stream", "delayed"),
+    args=("max_depth", "ttl_ms", "state"),
+    each_keys=("state_key",),
+    each_args=("id", "record"),
+    # The --max-depth check and the XADD are one step: 0 for a record that found it full.
+    lua="""
+    local depth = redis.call('XLEN', stream) + redis.call('ZCARD', delayed)
+    local max, out = tonumber(max_depth), {}
+    """,
+    each_lua="""
+    if max > 0 and depth >= max then out[#out + 1] = 0 else
+      out[#out + 1] = redis.call('XADD', stream, '*', F_RECORD, record, F_ATTEMPT, '0', F_ID, id)
+      redis.call('SET', state_key, state, 'PX', ttl_ms)
+      depth = depth + 1
     end
-  elseif op == 'p' then
-    settle(st, f[2])
-  elseif redis.pcall('XACK', KEYS[1], '@G', f[2]) == 1 then
-    redis.call('XDEL', KEYS[1], f[2])
-    if op == 'c' then
-      if f[3] ~= '' then redis.call('SET', res, f[3], 'PX', ttl) end
-      redis.call('SET', st, f[4], 'PX', ttl)
-      if f[5] ~= '' then redis.call('PUBLISH', f[5], f[6]) end
-    elseif op == 'r' then
-      redis.call('ZADD', KEYS[2], f[3], f[4])
-      redis.call('SET', st, f[5], 'PX', ttl)
-    else
-      redis.call('XADD', KEYS[3], '*', 'r', f[3], 'error', f[4], 'attempts', f[5],
-        'dead_at', f[6], 'entry', f[2])
-      if f[7] ~= '' then redis.call('SET', res, f[7], 'PX', ttl) end
-      if f[8] ~= '' then redis.call('SET', st, f[8], 'PX', ttl) end
-      if f[9] ~= '' then redis.call('PUBLISH', f[9], f[10]) end
+    """,
+    after_lua="return out\n",
+)
+
+_FINISH_LUA = """
+local out = {}
+local function acked(entry)  -- only the first outcome of an entry counts
+  if redis.pcall('XACK', stream, GROUP, entry) ~= 1 then return false end
+  redis.call('XDEL', stream, entry)
+  return true
+end
+local function store(result_key, result, state_key, state, reply_to, message)
+  if result_key and result ~= '' then redis.call('SET', result_key, result, 'PX', ttl_ms) end
+  if state_key then redis.call('SET', state_key, state, 'PX', ttl_ms) end
+  if reply_to ~= '' then redis.call('PUBLISH', reply_to, message) end
+end
+local function bury(entry, record, reason, attempts, dead_at)  -- a dead letter
+  redis.call('XADD', dlq, '*', F_RECORD, record, 'error', reason, 'attempts', attempts,
+    'dead_at', dead_at, 'entry', entry)
+end
+"""
+
+_CLAIM_LUA = """
+local r = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', count,
+  'STREAMS', stream, '>')
+if type(r) == 'table' and r.err then
+  out[#out + 1] = '\\255' .. r.err
+else
+  local got = {}
+  for _, e in ipairs(r and r[1][2] or {}) do
+    local v, rec, att, rid = e[2], '', '0', ''  -- fields as stored, any bytes
+    for j = 1, #v, 2 do
+      if v[j] == F_RECORD then rec = v[j + 1] elseif v[j] == F_ATTEMPT then att = v[j + 1]
+      elseif v[j] == F_ID then rid = v[j + 1] end
     end
+    got[#got + 1] = struct.pack('>BI4I4I4', #e[1], #att, #rid, #rec) .. e[1] .. att .. rid .. rec
   end
+  out[#out + 1] = table.concat(got)
 end
-return out""",
-    # KEYS stream, delayed; ARGV now, limit, state key prefix, ttl_ms
-    "promote": """
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, m in ipairs(due) do
-  local attempt, idlen = struct.unpack('>I4I2', m)
-  local a = string.format('%d', attempt)
-  local id = string.sub(m, 15, 14 + idlen)
-  redis.call('XADD', KEYS[1], '*', 'r', string.sub(m, 15 + idlen), 'a', a, 'i', id)
-  redis.call('SET', ARGV[3] .. id,
-    '{"s":"queued","a":' .. a .. '}', 'PX', ARGV[4])
-  redis.call('ZREM', KEYS[2], m)
+"""
+
+_MARK_LUA = """
+local cur = redis.call('GET', state_key)
+local ok, st = pcall(cjson.decode, cur or 'null')
+if not (ok and type(st) == 'table' and FINAL[st.s]) then
+  redis.call('SET', state_key, state, 'PX', ttl_ms)
 end
-return #due""",
-    # KEYS stream; ARGV consumer, entry... Resets idle time of entries we still own.
-    "touch": """
-local n = 0
-for i = 2, #ARGV do
-  if #redis.call('XPENDING', KEYS[1], '@G', ARGV[i], ARGV[i], 1, ARGV[1]) > 0 then
-    redis.call('XCLAIM', KEYS[1], '@G', ARGV[1], 0, ARGV[i], 'JUSTID')
-    n = n + 1
-  end
+"""
+_COMPLETE_LUA = """
+if acked(entry) then store(result_key, result, state_key, state, reply_to, message) end
+"""
+_RETRY_LUA = """
+if acked(entry) then
+  redis.call('ZADD', delayed, due_at, member)
+  redis.call('SET', state_key, state, 'PX', ttl_ms)
 end
-return n""",
-    # KEYS dlq, stream, result, state; ARGV dlq entry, state, ttl_ms, request id
-    "replay": """
-local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #e == 0 then return 0 end
-local f, r = e[1][2], nil
-for i = 1, #f, 2 do if f[i] == 'r' then r = f[i + 1] end end
-if not r then return 0 end
-redis.call('XADD', KEYS[2], '*', 'r', r, 'a', '0', 'i', ARGV[4])
-redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[3])
-redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3])
-return 1""",
-    "purge": "local n = redis.call('XLEN', KEYS[1]) redis.call('DEL', KEYS[1]) return n",
-}
+"""
+_DEAD_LUA = """
+if acked(entry) then
+  bury(entry, record, reason, attempts, dead_at)
+  store(result_key, result, state_key, state, reply_to, message)
+end
+"""
+_PROMOTE_LUA = """
+if redis.call('ZREM', delayed, member) == 1 then
+  redis.call('XADD', stream, '*', F_RECORD, record, F_ATTEMPT, attempt, F_ID, id)
+  redis.call('SET', state_key, state, 'PX', ttl_ms)
+  out[#out + 1] = 1
+else
+  out[#out + 1] = 0
+end
+"""
+_DROP_LUA = """
+if redis.call('ZREM', delayed, member) == 1 then
+  bury('', record, reason, '0', dead_at)
+  store(result_key, result, state_key, state, '', '')
+end
+"""
+
+# The items of the finish script, what a worker records (docs/architecture.md §4):
+# complete, retry, dead only if this XACK acknowledged the entry; promote, drop only if
+# this ZREM removed the member. claim and promote add a reply.
+# fmt: off
+#             code  name        per-request KEYS              fields
+CLAIM    = Op("n", "claim",    (),                           ("consumer", "count"), _CLAIM_LUA, replies=True)
+MARK     = Op("p", "mark",     ("state_key",),               ("state",), _MARK_LUA)
+COMPLETE = Op("c", "complete", ("result_key", "state_key"),  ("entry", "result", "state", "reply_to", "message"), _COMPLETE_LUA)
+RETRY    = Op("r", "retry",    ("state_key",),               ("entry", "due_at", "member", "state"), _RETRY_LUA)
+DEAD     = Op("d", "dead",     ("result_key", "state_key"),  ("entry", "record", "reason", "attempts", "dead_at", "result", "state", "reply_to", "message"), _DEAD_LUA, optional_keys=True)
+PROMOTE  = Op("q", "promote",  ("state_key",),               ("member", "attempt", "id", "record", "state"), _PROMOTE_LUA, replies=True)
+DROP     = Op("z", "drop",     ("result_key", "state_key"),  ("member", "record", "reason", "dead_at", "result", "state"), _DROP_LUA, optional_keys=True)
+# fmt: on
+
+FINISH = Script(
+    "finish",
+    keys=("stream", "delayed", "dlq"),
+    args=("ttl_ms",),
+    lua=_FINISH_LUA,
+    ops=(CLAIM, MARK, COMPLETE, RETRY, DEAD, PROMOTE, DROP),
+    after_lua="return out\n",
+)
+#: The ops of FINISH by code.
+OPS = {op.code: op for op in FINISH.ops}
+
+TOUCH = Script(
+    "touch",
+    keys=("stream",),
+    args=("consumer",),
+    each_args=("entry",),
+    lua="local touched = 0\n",
+    # resets the idle time of entries this consumer still holds
+    each_lua="""
+    if #redis.call('XPENDING', stream, GROUP, entry, entry, 1, consumer) > 0 then
+      redis.call('XCLAIM', stream, GROUP, consumer, 0, entry, 'JUSTID')
+      touched = touched + 1
+    end
+    """,
+    after_lua="return touched\n",
+)
+
+REPLAY = Script(
+    "replay",
+    keys=("dlq", "stream", "result_key", "state_key"),
+    args=("letter", "id", "state", "ttl_ms"),
+    lua="""
+    local e = redis.call('XRANGE', dlq, letter, letter)
+    if #e == 0 then return 0 end
+    local f, record = e[1][2], nil
+    for j = 1, #f, 2 do if f[j] == 'r' then record = f[j + 1] end end
+    if not record then return 0 end
+    redis.call('XADD', stream, '*', F_RECORD, record, F_ATTEMPT, '0', F_ID, id)
+    redis.call('XDEL', dlq, letter)
+    redis.call('DEL', result_key)
+    redis.call('SET', state_key, state, 'PX', ttl_ms)
+    return 1
+    """,
+)
+
+PURGE = Script(
+    "purge",
+    keys=("dlq",),
+    args=(),
+    lua="local n = redis.call('XLEN', dlq)\nredis.call('DEL', dlq)\nreturn n\n",
+)
+
+SCRIPTS = (ENQUEUE, FINISH, TOUCH, REPLAY, PURGE)
 
 
-_LENGTH = struct.Struct(">I").pack
-
-
-def pack_item(op: str, *fields: bytes | str | int) -> bytes:
-    """One item of the ``finish`` script: op, then each field length-prefixed."""
-    parts = [op.encode()]
-    for field in fields:
-        data = field if isinstance(field, bytes) else str(field).encode()
-        parts += (_LENGTH(len(data)), data)
-    return b"".join(parts)
-
-
-def unpack_claimed(blob: bytes) -> list[tuple[str, bytes, bytes, bool]]:
-    """Entries claimed by op 'n': (entry id, record, attempt, marked processing)."""
-    out, pos, end = [], 0, len(blob)
-    while pos < end:
-        id_len, attempt_len, marked, record_len = _CLAIMED.unpack_from(blob, pos)
-        pos += _CLAIMED.size
-        entry_id = blob[pos : pos + id_len].decode("ascii")
-        pos += id_len
-        attempt = blob[pos : pos + attempt_len]
-        pos += attempt_len
-        out.append((entry_id, blob[pos : pos + record_len], attempt, bool(marked)))
-        pos += record_len
+def _packed(args: Sequence[Any]) -> list[bytes]:
+    """A command in RESP, built in one pass (redis-py's pack_command re-copies its buffer
+    per argument: a finish call has 2-3 arguments per message)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out += (b"$%d\r\n" % len(data), data, b"\r\n")
     return out
 
 
 class Scripts:
-    """The scripts, called by EVALSHA directly (SCRIPT LOAD on NOSCRIPT), each call
-    bounded by one asyncio timeout: on a client without socket timeouts, redis-py then
-    spends no ``asyncio.wait_for`` task per send nor timeout context per read.
-
-    ``own=True`` calls (one at a time: the worker's flusher) go over a connection kept
-    for them, straight through send_command/read_response: redis-py's per-command
-    machinery (pool checkout, retry wrapper, instrumentation) costs ~30 µs a call.
-    Not for a cluster client, which routes each command itself.
+    """The scripts, called by EVALSHA (SCRIPT LOAD on NOSCRIPT), each call bounded by
+    one asyncio timeout (no ``wait_for`` task per send on a client without socket
+    timeouts). ``own=True`` calls (one at a time: the worker's flusher) use a connection
+    kept for them, straight through send_packed_command/read_response: redis-py's
+    per-command machinery costs ~30 µs a call. Not for a cluster client, which routes each command.
     """
 
     def __init__(self, client: Any, group: str, timeout_s: float) -> None:
         self._client = client
         self._timeout = timeout_s
         self._scripts = {}
-        for name, source in SCRIPTS.items():
-            source = source.replace("@G", group)
-            self._scripts[name] = (hashlib.sha1(source.encode()).hexdigest(), source)
+        for script in SCRIPTS:
+            source = script.source(group)
+            self._scripts[script.name] = (hashlib.sha1(source.encode()).hexdigest(), source)
         pool = getattr(client, "connection_pool", None)
         self._pool = pool if hasattr(pool, "get_connection") else None
         self._conn: Any = None
 
     async def __call__(
-        self, name: str, keys: list[Any], args: list[Any], *, own: bool = False
+        self, script: Script, keys: list[Any], args: list[Any], *, own: bool = False
     ) -> Any:
-        sha, source = self._scripts[name]
+        sha, source = self._scripts[script.name]
         async with asyncio.timeout(self._timeout):
             if own and self._pool is not None:
                 return await self._on_own_connection(sha, source, keys, args)
@@ -228,16 +365,16 @@ class Scripts:
                 self._conn = await self._pool.get_connection()  # type: ignore[union-attr]
             except TypeError:  # redis-py before 5.3 wants a command name
                 self._conn = await self._pool.get_connection("EVALSHA")  # type: ignore[union-attr]
-        conn = self._conn
+        conn, command = self._conn, _packed(("EVALSHA", sha, len(keys), *keys, *args))
         for retry in (True, False):  # as the client's Retry: once, on a broken connection
             try:
                 try:
-                    await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                    await conn.send_packed_command(command)
                     return await conn.read_response()
                 except NoScriptError:
                     await conn.send_command("SCRIPT", "LOAD", source)
                     await conn.read_response()
-                    await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                    await conn.send_packed_command(command)
                     return await conn.read_response()
             except RedisConnectionError:  # it disconnected itself: the next send reconnects
                 if not retry:

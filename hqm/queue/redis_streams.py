@@ -13,9 +13,12 @@ is left. Wait mode: see hqm.queue.redis_wait.
 Every Redis failure surfaces as ``QueueUnavailable``; redis-py reconnects on the
 next command, so the same object recovers when Redis comes back.
 
-Corrupt stream entries (undecodable envelope) are dead-lettered with their raw bytes
-and the error ``corrupt entry: ...``; they are listed by ``dead_letters`` with an
-empty placeholder record (id "", the raw bytes as body) and cannot be replayed.
+Poison: whatever a stream entry or a delayed member holds, it is decoded defensively
+(hqm.queue.redis_codec) before anything that can raise; one that does not decode is
+dead-lettered with its raw bytes and the reason (``corrupt entry: ...``, ``corrupt
+retry: ...``) in the same call that removes it, so no content makes a worker exit or
+loop. A corrupt letter is listed by ``dead_letters`` with an empty placeholder record
+(id "", the raw bytes as body) and cannot be replayed.
 
 Also part of it: hqm.queue.redis_codec (what is stored, the error mapping),
 hqm.queue.redis_group (the consumer group), hqm.queue.redis_dlq (the dead-letter
@@ -34,16 +37,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hqm.proto.envelope import (
-    RequestRecord,
-    ResponseRecord,
-    decode_request,
-    decode_response,
-    encode_request,
-    encode_response,
-    error_response,
-)
+from hqm.proto.envelope import RequestRecord, ResponseRecord, encode_request, encode_response
 from hqm.proto.limits import RESULT_TTL_S
+from hqm.queue import redis_lua as lua
 from hqm.queue.base import (
     DeadLetter,
     Delivery,
@@ -57,18 +53,27 @@ from hqm.queue.batch import Batcher
 from hqm.queue.keys import GROUP, QueueKeys
 from hqm.queue.redis_codec import (
     QUEUED,
-    Entry,
+    Item,
+    dead_item,
+    dead_result,
+    decode_result,
     decode_state,
     delayed_member,
     encode_state,
     errors,
     failed,
-    read_entries,
+    finish_items,
+    promotion,
 )
 from hqm.queue.redis_conn import connect
 from hqm.queue.redis_dlq import DeadLetters
-from hqm.queue.redis_group import ConsumerGroup
-from hqm.queue.redis_lua import CLAIM_ERROR, Scripts, pack_item, unpack_claimed
+from hqm.queue.redis_group import (
+    ConsumerGroup,
+    Entry,
+    decode_entries,
+    read_entries,
+    unpack_claimed,
+)
 from hqm.queue.redis_wait import Replies, notification
 
 log = logging.getLogger(__name__)
@@ -103,7 +108,7 @@ class RedisQueue(Queue):
         self._now = clock
         self._clients = connect(url, connect_timeout_s, command_timeout_s)
         self._redis = self._clients.main
-        self._lua = Scripts(self._clients.blocking, GROUP, command_timeout_s)
+        self._lua = lua.Scripts(self._clients.blocking, GROUP, command_timeout_s)
         self._enqueues: Batcher[tuple[str, bytes], None] = Batcher(
             self._send,
             failed=failed("enqueue"),
@@ -120,6 +125,9 @@ class RedisQueue(Queue):
             self._clients.blocking, self.keys.reply_channel(self.instance_id), self.fetch_result
         )
         self._group = ConsumerGroup(self._redis, self.keys.stream)
+        #: Per op of the finish script, how its per-request KEYS are named (keys.py).
+        builders = {"result_key": self.keys.result, "state_key": self.keys.state}
+        self._item_keys = {op.code: [builders[n] for n in op.keys] for op in lua.FINISH.ops}
         self._dead_letters = DeadLetters(self._redis, self.keys, self._script, self._ttl_ms)
         #: The last claim got all it asked for: more may be waiting (try the script first).
         self._backlog = True
@@ -145,10 +153,10 @@ class RedisQueue(Queue):
             await self._group.create()
 
     async def _script(
-        self, op: str, name: str, keys: list[Any], args: list[Any], *, own: bool = False
+        self, op: str, script: lua.Script, keys: list[Any], args: list[Any], *, own: bool = False
     ) -> Any:
         with errors(op):
-            return await self._lua(name, keys, args, own=own)
+            return await self._lua(script, keys, args, own=own)
 
     # --- proxy side ---------------------------------------------------------
     async def enqueue(self, record: RequestRecord) -> None:
@@ -171,22 +179,35 @@ class RedisQueue(Queue):
         # (XLEN + ZCARD delayed, exact, per record) in the same atomic step. Measured
         # ~3x the throughput of a pipeline of XADD/SET pairs (redis-py packs and parses
         # every pipelined command in Python; here it handles one).
-        keys = [self.keys.stream, self.keys.delayed, *(self.keys.state(i) for i, _ in batch)]
-        id_at = len(self.keys.state("")) + 1  # the script stores the id with the entry
-        args = [self._max_depth, self._ttl_ms, QUEUED, id_at, *(data for _, data in batch)]
-        replies = await self._script("enqueue", "enqueue", keys, args)
+        keys, args = lua.ENQUEUE.bind(
+            stream=self.keys.stream,
+            delayed=self.keys.delayed,
+            max_depth=self._max_depth,
+            ttl_ms=self._ttl_ms,
+            state=QUEUED,
+            each=[(self.keys.state(i), i, data) for i, data in batch],
+        )
+        replies = await self._script("enqueue", lua.ENQUEUE, keys, args)
         full = f"queue {self.name!r} holds {self._max_depth}"
         return [None if reply else QueueFull(full) for reply in replies]
 
     async def state(self, request_id: str) -> RequestState | None:
         with errors("state"):
             raw = await self._redis.get(self.keys.state(request_id))
-        return None if raw is None else decode_state(raw, request_id)
+        if raw is None:
+            return None
+        state = decode_state(raw, request_id)
+        if state is None:  # unreadable: what the stored result says, if there is one
+            result = await self.fetch_result(request_id)
+            if result is not None:
+                status = Status.DEAD if result.error else Status.DONE
+                return RequestState(status, result.attempts, result.error)
+        return state
 
     async def fetch_result(self, request_id: str) -> ResponseRecord | None:
         with errors("fetch_result"):
             raw = await self._redis.get(self.keys.result(request_id))
-        return None if raw is None else decode_response(raw)
+        return None if raw is None else decode_result(raw, request_id)
 
     async def wait_result(self, request_id: str, timeout_s: float) -> ResponseRecord | None:
         """Notified with the result itself (``hqm.queue.redis_wait``); polls as well."""
@@ -195,9 +216,9 @@ class RedisQueue(Queue):
     # --- worker side --------------------------------------------------------
     async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:
         """While there is a backlog: non-blocking, in the same script call as the
-        outcomes of this loop turn (no round trip of its own, entries marked processing
-        there, its reply one packed string). Otherwise, or when it found nothing,
-        XREADGROUP BLOCK."""
+        outcomes of this loop turn (no round trip of its own, its reply one packed
+        string). Otherwise, or when it found nothing, XREADGROUP BLOCK. Either way the
+        entries are marked processing with the next round trip."""
         got: list[Entry] = []
         if self._backlog or block_s <= 0:
             got = await self._claim_now(consumer, count)
@@ -217,10 +238,10 @@ class RedisQueue(Queue):
     async def _claim_now(self, consumer: str, count: int) -> list[Entry]:
         for retry in (True, False):
             if self._outcomes.busy:  # do not queue behind the round trip in flight
-                blob = (await self._finish([("n", "", [consumer, count])], own=False))[0]
+                blob = (await self._finish([(lua.CLAIM.code, "", [consumer, count])], own=False))[0]
             else:  # with the outcomes of this loop turn, in one round trip
-                blob = await self._outcomes.submit(("n", "", [consumer, count]))
-            if blob is None or blob[:1] != bytes((CLAIM_ERROR,)):
+                blob = await self._outcomes.submit((lua.CLAIM.code, "", [consumer, count]))
+            if blob is None or blob[:1] != bytes((lua.CLAIM_ERROR,)):
                 return unpack_claimed(blob or b"")
             error = blob[1:].decode("utf-8", "replace")
             if "NOGROUP" not in error or not retry:
@@ -236,34 +257,32 @@ class RedisQueue(Queue):
     async def _deliver(
         self, got: list[Entry], counts: dict[str, int], default: int
     ) -> list[Delivery]:
-        """``got``: (entry id, record, attempt, already marked processing)."""
-        deliveries: list[Delivery] = []
-        unmarked: list[Delivery] = []
-        for entry_id, raw, raw_attempt, marked in got:
-            try:
-                record, attempt = decode_request(raw), int(raw_attempt)
-            except ValueError as exc:  # EnvelopeError included
-                log.error("dead-lettering corrupt entry %s of %s: %s", entry_id, self.name, exc)
-                with contextlib.suppress(QueueUnavailable):  # else reclaimed and retried
-                    await self._dead(entry_id, raw, f"corrupt entry: {exc}", 0, None, b"")
-                continue
-            delivery = Delivery(entry_id, record, counts.get(entry_id, default), attempt)
-            deliveries.append(delivery)
-            if not marked:
-                unmarked.append(delivery)
+        """``got``: entries as stored. Each is decoded before anything else; one that
+        does not decode is dead-lettered here (all in one round trip), whatever its
+        delivery count."""
+        deliveries, corrupt = decode_entries(got, counts, default, self._now())
         # Status "processing", best effort (the entries are ours whether or not it lands):
         # sent with the next round trip, within _MARK_WITHIN_S, not awaited; it costs no
-        # round trip of its own when the outcome follows soon (it then rides with it,
-        # and lands first), and never delays the replay.
-        for d in unmarked:
+        # round trip of its own when the outcome follows soon (it then rides with it and
+        # is left out), and never delays the replay.
+        for d in deliveries:
             state = encode_state(Status.PROCESSING, d.attempt)
-            self._outcomes.post(("p", d.record.id, [state]), _MARK_WITHIN_S)
+            self._outcomes.post((lua.MARK.code, d.record.id, [state]), _MARK_WITHIN_S)
+        if corrupt:  # not recorded: left pending, reclaimed and dead-lettered again
+            done = await asyncio.gather(
+                *map(self._outcomes.submit, corrupt), return_exceptions=True
+            )
+            for outcome in done:
+                if isinstance(outcome, Exception):
+                    log.warning("could not dead-letter a corrupt entry: %s", outcome)
         return deliveries
 
     async def touch(self, consumer: str, entry_ids: list[str]) -> None:
         if entry_ids:
-            keys, args = [self.keys.stream], [consumer, *entry_ids]
-            await self._group.run("touch", lambda: self._lua("touch", keys, args))
+            keys, args = lua.TOUCH.bind(
+                stream=self.keys.stream, consumer=consumer, each=[(e,) for e in entry_ids]
+            )
+            await self._group.run("touch", lambda: self._lua(lua.TOUCH, keys, args))
 
     async def complete(self, delivery: Delivery, response: ResponseRecord) -> None:
         """Batched with the other outcomes of this loop turn: one round trip for all."""
@@ -272,55 +291,56 @@ class RedisQueue(Queue):
         state = encode_state(Status.DONE, response.attempts, response.error)
         message = notification(record.id, result) if record.reply_to else b""
         args = [delivery.entry_id, result, state, record.reply_to, message]
-        await self._outcomes.submit(("c", record.id, args))
+        await self._outcomes.submit((lua.COMPLETE.code, record.id, args))
 
     async def retry_later(self, delivery: Delivery, due_at: float, error: str) -> None:
         record, attempt = delivery.record, delivery.attempt + 1
         member = delayed_member(attempt, record, encode_request(record))
         state = encode_state(Status.RETRYING, attempt, error)
         args = [delivery.entry_id, repr(float(due_at)), member, state]
-        await self._outcomes.submit(("r", record.id, args))
+        await self._outcomes.submit((lua.RETRY.code, record.id, args))
 
     async def promote_due(self, now: float) -> int:
-        keys = [self.keys.stream, self.keys.delayed]
-        args = [repr(float(now)), _PROMOTE_LIMIT, self.keys.state(""), self._ttl_ms]
-        return int(await self._script("promote_due", "promote", keys, args))
+        """Up to _PROMOTE_LIMIT retries due by ``now`` back into the stream, in one
+        script call (each moved only if this call removed it from the set: a worker
+        racing us moves it once). A member that does not decode is dead-lettered."""
+        with errors("promote_due"):
+            due = await self._redis.zrangebyscore(
+                self.keys.delayed, "-inf", repr(float(now)), start=0, num=_PROMOTE_LIMIT
+            )
+        if not due:
+            return 0
+        stamp = self._now()  # (when a corrupt one is dead-lettered)
+        replies = await self._finish([promotion(member, stamp) for member in due], own=False)
+        return sum(1 for reply in replies if reply == 1)
 
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
-        record = delivery.record
-        result = b""
-        if record.mode != "fire":
-            response = error_response(502, error, attempts=attempts, now=self._now())
-            result = encode_response(response)
+        record, now = delivery.record, self._now()
+        result = b"" if record.mode == "fire" else dead_result(error, attempts, now)
         raw = encode_request(record)
-        await self._dead(delivery.entry_id, raw, error, attempts, record, result)
+        await self._outcomes.submit(
+            dead_item(
+                delivery.entry_id, raw, error, attempts, now, record.id, result, record.reply_to
+            )
+        )
 
-    async def _dead(
-        self,
-        entry_id: str,
-        raw: bytes,
-        error: str,
-        attempts: int,
-        record: RequestRecord | None,
-        result: bytes,
-    ) -> None:
-        request_id = record.id if record is not None else ""
-        state = encode_state(Status.DEAD, attempts, error) if record is not None else b""
-        reply_to = record.reply_to if record is not None else ""
-        message = notification(request_id, result) if reply_to else b""
-        args = [entry_id, raw, error, attempts, repr(float(self._now())), result, state]
-        await self._outcomes.submit(("d", request_id, [*args, reply_to, message]))
-
-    async def _finish(
-        self, batch: list[tuple[str, str, list[Any]]], *, own: bool = True
-    ) -> list[bytes | None]:
-        """One EVALSHA for every outcome and claim of the batch (script ``finish``)."""
-        keys = [self.keys.stream, self.keys.delayed, self.keys.dlq]
-        args = [self._ttl_ms, self.keys.prefix]
-        args += (pack_item(op, request_id, *item_args) for op, request_id, item_args in batch)
+    async def _finish(self, batch: list[Item], *, own: bool = True) -> list[Any]:
+        """One EVALSHA for every item of the batch (script ``finish``): (op code,
+        request id, fields). The request id names the item's keys (none when "")."""
+        items, outcomes = finish_items(batch, self._item_keys)
+        keys, args = lua.FINISH.bind(
+            stream=self.keys.stream,
+            delayed=self.keys.delayed,
+            dlq=self.keys.dlq,
+            ttl_ms=self._ttl_ms,
+            items=items,
+        )
         # (own: the flusher's connection; one flush is in flight at a time)
-        claimed = iter(await self._script("finish", "finish", keys, args, own=own))
-        return [next(claimed) if op == "n" else None for op, _, _ in batch]
+        replies = iter(await self._script("finish", lua.FINISH, keys, args, own=own))
+        return [
+            next(replies) if outcome is None and lua.OPS[code].replies else outcome
+            for (code, _, _), outcome in zip(batch, outcomes, strict=True)
+        ]
 
     async def release(self, consumer: str) -> None:
         await self._group.release(consumer)

@@ -113,6 +113,10 @@ class Worker:
                     log.warning("queue unavailable: %s; retrying in %.1f s", exc, backoff)
                     await self._pause(backoff)
                     backoff = min(_MAX_QUEUE_BACKOFF_S, backoff * 2)
+                except Exception:  # a bug, never entry content: log, back off, go on
+                    log.exception("worker step failed; retrying in %.1f s", backoff)
+                    await self._pause(backoff)
+                    backoff = min(_MAX_QUEUE_BACKOFF_S, backoff * 2)
         finally:
             await self._drain()
 
