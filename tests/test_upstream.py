@@ -331,3 +331,30 @@ def test_idle_connections_bounded_by_pool_size() -> None:
             assert pool._idle == []
 
     run(body())
+
+
+def test_reused_connection_closed_long_after_the_request_is_not_sent_again() -> None:
+    """The app took the request and died on it (closed after working on it for 0.5 s,
+    past STALE_WINDOW_S): that is no idle-close race, so it is not sent again."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int) -> None:
+        app.requests.append(await read_request(reader))
+        writer.write(OK)
+        app.requests.append(await read_request(reader))
+        await asyncio.sleep(0.5)  # the app works on it, then dies
+
+    async def body() -> None:
+        nonlocal app
+        async with App(script) as served:
+            app = served
+            pool = served.pool()
+            await pool.request(b"GET", b"/", [(b"Host", b"app")], b"")
+            with pytest.raises(UpstreamError) as info:
+                await pool.request(b"POST", b"/pay", HEADERS, b"abc")
+            assert info.value.reached and "without answering" in str(info.value)
+            assert served.connections == 1 and len(served.requests) == 2
+            assert pool.stale_retries == 0
+            await pool.close()
+
+    app: App
+    run(body())

@@ -47,6 +47,10 @@ POOL_SIZE = 64
 #: the shortest common server keep-alive (gunicorn 2 s; Node, uvicorn, Apache 5 s), so
 #: we, not the app, close idle connections and no request races the app's close.
 UPSTREAM_IDLE_TIMEOUT_S = 1.0
+#: A reused connection closed before any byte of an answer within this long of the
+#: write raced the app's idle close (the FIN was on its way: well under a round trip
+#: plus a loop turn); closed later, the app had taken the request and died on it.
+STALE_WINDOW_S = 0.25
 #: Retire a connection this long before the app's own ``Keep-Alive: timeout=N``.
 KEEP_ALIVE_MARGIN_S = 0.5
 #: Time SIGTERM gives in-flight requests to finish.

@@ -80,7 +80,9 @@ def errors(op: str) -> Iterator[None]:
         yield
     except QueueError:
         raise
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, OSError, TimeoutError, RuntimeError) as exc:
+        # (RuntimeError: uvloop's "unable to perform operation on <TCPTransport
+        # closed=True>" when redis-py writes to a connection Redis just dropped)
         raise QueueUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
 
 

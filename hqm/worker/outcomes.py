@@ -3,16 +3,22 @@ retried later, or dead-lettered (docs/architecture.md §5)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 from hqm.ops.metrics import WorkerMetrics
 from hqm.proto.envelope import ResponseRecord
-from hqm.queue.base import Delivery, Queue
+from hqm.queue.base import Delivery, Queue, QueueError
 from hqm.worker.retry import Failure, backoff_s, may_retry
 from hqm.worker.settings import WorkerSettings
 
 log = logging.getLogger("hqm.worker.loop")
+
+#: Recording an outcome while the queue is unreachable: first retry after ..., doubling
+#: up to ... (bounded by the visibility timeout).
+_RECORD_RETRY_S = (0.1, 2.0)
 
 
 class Outcomes:
@@ -52,15 +58,35 @@ class Outcomes:
         )
         if failure.retry_after_s is not None:
             delay = min(max(delay, failure.retry_after_s), self._settings.retry_max_s)
-        await self._queue.retry_later(delivery, self._now() + delay, failure.error)
+        due = self._now() + delay
+        await self._record(lambda: self._queue.retry_later(delivery, due, failure.error))
         self._metrics.retries.inc()
 
     async def complete(self, delivery: Delivery, response: ResponseRecord) -> None:
-        await self._queue.complete(delivery, response)
+        await self._record(lambda: self._queue.complete(delivery, response))
         self._done.inc()
 
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
         log.warning("dead-lettering %s: %s", delivery.record.id, error)
-        await self._queue.dead_letter(delivery, error, attempts)
+        await self._record(lambda: self._queue.dead_letter(delivery, error, attempts))
         self._metrics.dead_letters.inc()
         self._dead.inc()
+
+    async def _record(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Record an outcome. While the queue is unreachable (Redis restarting) keep it
+        and try again rather than leave the entry to be redelivered: the app must not
+        run a request twice because Redis blinked. Up to the visibility timeout: later,
+        another worker may have taken the entry over, and of two outcomes only the first
+        recorded counts (the scripts are XACK-guarded), so trying longer is pointless."""
+        delay = _RECORD_RETRY_S[0]
+        deadline = time.monotonic() + self._settings.visibility_timeout_s
+        while True:
+            try:
+                await write()
+                return
+            except QueueError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("could not record an outcome (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(_RECORD_RETRY_S[1], delay * 2)

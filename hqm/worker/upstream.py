@@ -145,9 +145,10 @@ class UpstreamPool:
     the app closes them, they idle past ``idle_timeout_s``, or past the app's own
     ``Keep-Alive: timeout``.
 
-    A reused connection that the app closes or resets before any byte of an answer did
-    not take the request (RFC 9112 section 9.3.1; docs/architecture.md): it is sent again at
-    once on a fresh connection, for any method, and no attempt is spent.
+    A reused connection that the app closes or resets before any byte of an answer,
+    within ``STALE_WINDOW_S`` of the write, did not take the request (RFC 9112 section
+    9.3.1; docs/architecture.md §5): it is sent again at once on a fresh connection,
+    for any method, and no attempt is spent.
     """
 
     def __init__(
@@ -204,9 +205,16 @@ class UpstreamPool:
     ) -> ResponseRecord:
         conn = self._checkout()
         if conn is not None:
+            sent_at = self._clock()
             try:
                 return await self._exchange(conn, method, target, headers, body)
             except _StaleConnection:
+                if self._clock() - sent_at > L.STALE_WINDOW_S:
+                    # closed long after the request went: the app had it (it crashed
+                    # or was killed while working on it), so it is not sent again here
+                    raise UpstreamError(
+                        "the app closed the connection without answering", reached=True
+                    ) from None
                 self.stale_retries += 1  # the app never took it: send it again
         conn = await self._connect()
         try:
