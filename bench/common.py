@@ -159,6 +159,47 @@ def start_redis(core: int | None = LOAD_CORE, *, aof: bool = False) -> tuple[Pro
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
+def redis_ping(port: int, timeout: float = 0.2) -> bool:
+    """True once redis-server on ``port`` answers PONG (not while loading its AOF)."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(64).startswith(b"+PONG")
+    return False
+
+
+def start_redis_at(
+    port: int, data: Path, core: int | None = None, *, appendfsync: str = "always"
+) -> Proc:
+    """redis-server with AOF on a given port and dir, so that a restart finds the same
+    data (``--appendfsync always``: every acknowledged write is on disk first)."""
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+    argv += ["--save", "", "--appendonly", "yes", "--appendfsync", appendfsync, "--logfile", ""]
+    proc = Proc("redis", argv, core)
+    deadline = time.monotonic() + 30
+    while not redis_ping(port):
+        proc._check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"redis on {port} did not start:\n{proc.tail()}")
+        time.sleep(0.02)
+    proc.ready_at = time.monotonic()
+    proc.port = port
+    return proc
+
+
+def kill(proc: Proc, sig: int = signal.SIGKILL, timeout: float = 15.0) -> int | None:
+    """Send ``sig`` (SIGKILL by default: a crash) and reap; the exit code."""
+    if proc.popen.poll() is None:
+        proc.popen.send_signal(sig)
+        try:
+            proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
+    with contextlib.suppress(ValueError):
+        _LIVE.remove(proc)
+    return proc.popen.returncode
+
+
 def start_app(core: int | None = LOAD_CORE, *, status: int = 200) -> Proc:
     """bench/ceiling.py as a trivial fast app (or, with status 202, as the ceiling)."""
     port = free_port()

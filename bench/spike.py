@@ -9,7 +9,17 @@ of every 202 into a ledger. Two ``hqm worker`` (unpinned, --concurrency 5 each, 
 drawn to results/spike.png. After the drain every ledger id is looked up with
 GET /_hqm/requests/{id}: each must answer the app's stored 200.
 
+``--global-rate R`` (the seed's story: a burst at wrk's pace arrives, workers scale
+out, the app is fed at most the rate it was given): ``--workers`` (4 by default) run
+with ``--global-rate R --global-burst B`` shared through Redis, and the app is not
+capped (``capped_app.py --cap 0 --service 0``): only the fleet-wide rate holds it
+back. The app counts arrivals per second of its own clock; the bench reports the
+most in any one second (must stay within R + B), the drain time against N/R s, and
+the plot (results/spike-fleet.png, beside results/spike-fleet.json) shows the app's
+count per second.
+
     python bench/spike.py [--duration 20]     # quick: --duration 3
+    python bench/spike.py --global-rate 100 --duration 3
 """
 
 from __future__ import annotations
@@ -57,7 +67,14 @@ class Sampler(threading.Thread):
         return out
 
 
-def plot(series: dict[str, list[float]], burst_s: float, title: str) -> str:
+def plot(
+    series: dict[str, list[float]],
+    burst_s: float,
+    title: str,
+    per_second: list[tuple[float, int]] | None = None,
+    limit: float = 0.0,
+    name: str = "spike",
+) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,6 +86,16 @@ def plot(series: dict[str, list[float]], burst_s: float, title: str) -> str:
     rates.set_yscale("symlog", linthresh=100)
     rates.set_xlabel("seconds since the burst started")
     rates.set_ylabel("requests/s")
+    if per_second:
+        rates.bar(
+            [t + 0.5 for t, _ in per_second],
+            [n for _, n in per_second],
+            width=0.9,
+            color="tab:olive",
+            alpha=0.6,
+            label="app arrivals per second (its clock)",
+        )
+        rates.axhline(limit, color="black", linestyle="--", linewidth=1, label="rate + burst")
     rates.axvspan(0, burst_s, color="tab:red", alpha=0.08, label="burst")
     depth = rates.twinx()
     depth.plot(series["t"], series["depth"], label="queue depth", color="tab:blue")
@@ -78,7 +105,7 @@ def plot(series: dict[str, list[float]], burst_s: float, title: str) -> str:
     rates.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right")
     rates.set_title(title)
     c.RESULTS.mkdir(exist_ok=True)
-    path = c.RESULTS / "spike.png"
+    path = c.RESULTS / f"{name}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return str(path)
@@ -98,22 +125,45 @@ def check_ledger(port: int, ids: list[str]) -> dict:
     return {str(k): v for k, v in res["statuses"].items()}
 
 
+def start_workers(args, url: str, app_port: int, per_worker: int) -> list[c.Proc]:
+    extra = []
+    if args.global_rate:
+        extra = ["--global-rate", f"{args.global_rate:g}", "--global-burst", str(args.global_burst)]
+    workers = []
+    for _ in range(args.workers):
+        proc = c.Proc("worker", [*c.worker_argv(url, app_port, per_worker), *extra], None)
+        proc.wait_log("worker started")
+        workers.append(proc)
+    return workers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=20, help="burst seconds")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--cap", type=int, default=10, help="app: requests served at once")
     parser.add_argument("--service", type=float, default=0.1, help="app: seconds each")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, help="default 2; 4 with --global-rate")
+    parser.add_argument(
+        "--global-rate", type=float, default=0, help="workers' fleet-wide rate; app uncapped"
+    )
+    parser.add_argument("--global-burst", type=int, default=10)
+    parser.add_argument(
+        "--worker-concurrency", type=int, help="default: cap / workers; 16 with --global-rate"
+    )
     args = parser.parse_args()
-    cap_rate = args.cap / args.service
+    fleet = args.global_rate > 0
+    args.workers = args.workers or (4 if fleet else 2)
+    if fleet:
+        args.cap, args.service = 0, 0.0  # the app takes everything: only the fleet limits
+    cap_rate = args.global_rate if fleet else args.cap / args.service
     started = time.monotonic()
 
     redis, url = c.start_redis(c.LOAD_CORE)
     app = c.start_capped_app(c.LOAD_CORE, args.cap, args.service)
     proxy = c.start_proxy(c.SERVER_CORE, app.port, url)
-    per_worker = max(1, args.cap // args.workers)
-    workers = [c.start_worker(None, url, app.port, per_worker) for _ in range(args.workers)]
+    per_worker = args.worker_concurrency or (16 if fleet else max(1, args.cap // args.workers))
+    workers = start_workers(args, url, app.port, per_worker)
     ledger = c.TMP / "spike-ledger"
     sampler = Sampler(proxy, app)
     sampler.start()
@@ -134,6 +184,7 @@ def main() -> None:
     sampler.done.set()
     sampler.join()
     stats = json.loads(c.http_get(app.port, "/stats"))
+    seconds = json.loads(c.http_get(app.port, "/seconds"))
     drain_s = stats["last_completion"] - burst_start
     ids = read_ledger(ledger)
     checked = check_ledger(proxy.port, ids)
@@ -155,20 +206,52 @@ def main() -> None:
         "drain_s": drain_s,
         "theoretical_s": theory_s,
         "drain_vs_theory": drain_s / theory_s if theory_s else float("nan"),
-        "app_cap": args.cap,
-        "peak_at_door": stats["peak_at_door"],
-        "peak_serving": stats["peak_serving"],
     }
+    per_second = [(int(k) - burst_start, n) for k, n in seconds.items()]
+    if fleet:
+        limit = args.global_rate + args.global_burst
+        # The first and last seconds are partial; every full one is at the rate or under.
+        res |= {
+            "workers": args.workers,
+            "global_rate": args.global_rate,
+            "global_burst": args.global_burst,
+            "limit_rate_plus_burst": limit,
+            "app_max_calendar_second": stats["max_calendar_second"],
+            "app_max_1s_window": stats["max_1s_window"],
+            "app_max_vs_limit": stats["max_1s_window"] / limit,
+            "limit_kept": stats["max_1s_window"] <= limit,
+            "drain_within_10pct": abs(res["drain_vs_theory"] - 1) <= 0.10,
+            "app_seconds_counted": len(seconds),
+        }
+    else:
+        res |= {
+            "app_cap": args.cap,
+            "peak_at_door": stats["peak_at_door"],
+            "peak_serving": stats["peak_serving"],
+            "app_max_1s_window": stats["max_1s_window"],
+        }
     series = sampler.series()
-    title = (
-        f"hqm spike: {len(ids)} requests in {burst_s:.0f} s into an app capped at {cap_rate:g}/s"
+    bench = "spike-fleet" if fleet else "spike"  # each mode keeps its own JSON and PNG
+    what = f"{args.workers} workers, --global-rate {args.global_rate:g}" if fleet else ""
+    title = f"hqm spike: {len(ids)} requests in {burst_s:.0f} s into an app " + (
+        f"fed by {what}" if fleet else f"capped at {cap_rate:g}/s"
     )
-    res["png"] = plot(series, burst_s, title)
+    res["png"] = plot(
+        series,
+        burst_s,
+        title,
+        per_second if fleet else None,
+        args.global_rate + args.global_burst,
+        bench,
+    )
     rows = [{"figure": k, "value": v} for k, v in res.items() if k not in ("ledger_check", "png")]
     print(c.table(rows, ["figure", "value"], "Spike (one run)"))
     print(f"\nledger check (GET status: count): {checked}")
     c.finish(
-        "spike", {"args": vars(args), **res, "series": series}, started, f"; plot {res['png']}"
+        bench,
+        {"args": vars(args), **res, "series": series, "app_per_second": seconds},
+        started,
+        f"; plot {res['png']}",
     )
 
 
