@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: fresh virtualenv, package with test extras, redis-server, lint, pytest.
+# The one test command: fresh virtualenv, package with test extras, redis-server, lint,
+# pytest (in two processes, pytest-xdist).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,4 +15,6 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check -q .
-exec .venv/bin/pytest -q "$@"
+# Two test processes: most tests wait on real processes and sockets, so two halve the
+# wall time on a 2-core machine (every test starts its own redis-server and ports).
+exec .venv/bin/pytest -q -n 2 "$@"
