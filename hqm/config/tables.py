@@ -10,10 +10,11 @@ top-level key, so one environment block or file serves proxy and worker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hqm.config.options import (
     Option,
+    Parse,
     boolean,
     choice,
     integer,
@@ -50,7 +51,8 @@ class Command:
         return (own, f"HQM_{option.key.upper()}") if option.shared else (own,)
 
 
-def seconds(*, zero_ok: bool) -> object:
+def seconds(*, zero_ok: bool) -> Parse:
+    """A duration: 0 allowed only where it means something ("none", "at once")."""
     return number(low=0.0, high=MAX_SECONDS, low_open=not zero_ok)
 
 
@@ -210,8 +212,6 @@ _WORKER_LOOP = (
 
 def _embedded(option: Option) -> Option:
     """The same option on ``hqm proxy``, where it configures the in-process worker."""
-    from dataclasses import replace
-
     return replace(option, embedded_worker=True, help=option.help + " (embedded queue only)")
 
 
