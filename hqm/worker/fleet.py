@@ -98,7 +98,8 @@ class FleetGate:
         if retry_after_s:
             self._paused_until = max(self._paused_until, time.monotonic() + retry_after_s)
             if self._limits is not None:
-                await self._limits.pause(retry_after_s)
+                with contextlib.suppress(QueueError):  # this worker pauses all the same
+                    await self._limits.pause(retry_after_s)
 
     async def refresh(self) -> None:
         """Periodic: renew our leases, learn of pauses other workers were asked for."""
