@@ -137,7 +137,7 @@ def test_status_api_and_a_retry_does_not_hold_a_slot(
     def respond(seen: Seen) -> Answer:
         calls[seen.target] += 1
         if seen.target == b"/first" and calls[seen.target] == 1:
-            return Answer(503, [(b"Retry-After", b"2")], b"later")
+            return Answer(503, [(b"Retry-After", b"6")], b"later")
         if seen.target == b"/held":
             assert gate.wait(30)
         return done_target(seen)
@@ -149,8 +149,9 @@ def test_status_api_and_a_retry_does_not_hold_a_slot(
         202,
         {"id": first, "status": "queued", "attempts": 0},
     )
-    spawn.worker(redis_server.url, app.address, "--concurrency", "1", "--retry-max", "5")
-    # the retry waits ~2 s in the schedule; the one slot serves /second meanwhile
+    spawn.worker(redis_server.url, app.address, "--concurrency", "1", "--retry-max", "10")
+    # the retry waits 6 s in the schedule (room for a slow machine to serve /second and
+    # read the status before it is due); the one slot serves /second meanwhile
     assert poll_result(hqm.port, second).status == 200
     code, state = status(hqm.port, first)
     assert (code, state["status"], state["attempts"]) == (202, "retrying", 1)
