@@ -12,6 +12,8 @@ import time
 import pytest
 
 from hqm.queue.memory_limits import MemoryLimits
+from hqm.queue.redis_limits import RedisLimits
+from hqm.worker.fleet import FleetGate
 from tests.redis_server import RedisServer, redis_server
 from tests.support import Answer, Backend, HandClock, HqmProcess, proxy, request, wait_until
 
@@ -207,3 +209,46 @@ def test_retry_after_pauses_the_whole_queue(redis_server: RedisServer, counting)
         for w in workers:
             w.terminate()
         hqm.terminate()
+
+
+def test_redis_limits_follow_the_same_rules(redis_server: RedisServer):
+    """The Lua side of the enforced rate and the pause, on a real redis-server: halved
+    on throttling (once a second at most), climbing back with successes, no slot inside
+    a pause."""
+
+    async def body() -> None:
+        limits = RedisLimits(redis_server.url, "aimd")
+        try:
+            rates = [(await limits.reserve(100.0, 1)).effective_rate]
+            rates.append((await limits.reserve(100.0, 1, throttled=2)).effective_rate)
+            rates.append((await limits.reserve(100.0, 1, throttled=1)).effective_rate)
+            rates.append((await limits.reserve(100.0, 1, successes=10)).effective_rate)
+            assert rates == pytest.approx([100, 50, 50, 60])
+            await limits.pause(3.0)
+            assert 2.0 < await limits.paused_for() <= 3.0
+            assert (await limits.reserve(100.0, 1)).wait_s > 2.0  # behind the pause
+        finally:
+            await limits.close()
+
+    asyncio.run(body())
+
+
+def test_the_gate_reports_the_enforced_rate_and_pauses_itself():
+    async def body() -> list[float]:
+        reported: list[float] = []
+        gate = FleetGate(MemoryLimits(), rate=100.0, on_rate=reported.append)
+        async with gate.slot("a"):
+            pass
+        await gate.throttled(None)  # a 503 without Retry-After: slower, no pause
+        async with gate.slot("b"):
+            pass
+        plain = FleetGate(MemoryLimits())  # no global limits: only the pause applies
+        async with plain.slot("c"):
+            pass  # no pause yet: goes at once
+        await plain.throttled(30)  # the app said Retry-After: 30
+        with pytest.raises(TimeoutError):  # held back (a slow machine cannot shorten it)
+            async with asyncio.timeout(0.05), plain.slot("d"):
+                pass
+        return reported
+
+    assert asyncio.run(body()) == pytest.approx([100, 100, 50])

@@ -12,6 +12,7 @@ import time
 from hqm.worker.breaker import BASE_COOLDOWN_S, MAX_COOLDOWN_S, THRESHOLD, Breaker, State
 from tests.redis_server import RedisServer, free_port, redis_server
 from tests.support import Backend, HandClock, HqmProcess, poll_result, request, wait_until
+from tests.test_worker_redis import metrics
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -80,9 +81,12 @@ def test_app_outage_under_steady_traffic_dead_letters_nothing(redis_server: Redi
     dead-letters anything; once the app is back every request is answered once."""
     app_port = free_port()
     upstream = f"127.0.0.1:{app_port}"
-    common = ["--admin", "off", "--upstream", upstream, "--redis", redis_server.url]
-    proxy = HqmProcess("proxy", "--listen", "127.0.0.1:0", *common).wait_ready()
-    worker = HqmProcess("worker", *common, "--max-attempts", "2", "--concurrency", "4")
+    common = ["--upstream", upstream, "--redis", redis_server.url]
+    proxy = HqmProcess("proxy", "--listen", "127.0.0.1:0", "--admin", "off", *common)
+    proxy.wait_ready()
+    worker = HqmProcess(
+        "worker", *common, "--admin", "127.0.0.1:0", "--max-attempts", "2", "--concurrency", "4"
+    )
     worker.wait_ready()
     app = None
     try:
@@ -95,6 +99,8 @@ def test_app_outage_under_steady_traffic_dead_letters_nothing(redis_server: Redi
             time.sleep(0.1)  # pacing the steady traffic, not waiting for an outcome
         opened = re.compile(r'"msg": ?"circuit breaker open"')
         assert _wait_log(worker, opened), worker.log()
+        state = re.search(r"^hqm_worker_breaker_state (\S+)$", metrics(worker), re.M)
+        assert state is not None and float(state.group(1)) in (1.0, 2.0)  # open/half-open
         app = Backend(port=app_port)  # the app is back
         for _ in range(10):  # and traffic goes on
             accepted = request(proxy.port, b"POST", b"/order/%d" % len(ids), body=b"x")

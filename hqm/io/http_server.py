@@ -62,8 +62,6 @@ class ConnectionTracker:
         self.connections: set[HttpProtocol] = set()
         self.draining = False
         self.max_connections = max_connections
-        #: Connections refused for being over the limit.
-        self.refused = 0
 
     async def drain(self, timeout_s: float) -> None:
         """Close idle connections now; let busy ones finish (then close) up to ``timeout_s``."""
@@ -113,7 +111,6 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         limit = self._tracker.max_connections
         if limit and len(self._tracker.connections) >= limit:
-            self._tracker.refused += 1
             transport.write(too_many_connections(RETRY_AFTER_S))  # type: ignore[attr-defined]
             transport.close()
             return

@@ -329,19 +329,19 @@ def _with_content_length(
     return out
 
 
-def _raw_error(status: int, message: str, *, head: bool) -> bytes:
-    """An error answer written without h11 (it refused to frame one); no body for HEAD."""
+def _raw_error(status: int, message: str, *, head: bool, extra: bytes = b"") -> bytes:
+    """An error answer written without h11 (it refused to frame one, or no request has
+    come yet); no body for HEAD. ``extra``: more header lines, CRLF-terminated."""
     body = message.encode("utf-8", "replace") + b"\n"
     return (
         b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n"
-        % (status, reason_phrase(status), len(body))
+        b"Content-Length: %d\r\n%sConnection: close\r\n\r\n"
+        % (status, reason_phrase(status), len(body), extra)
     ) + (b"" if head else body)
 
 
 def too_many_connections(retry_after_s: int) -> bytes:
     """What a connection over the listener's limit gets at once, before its request:
     503 and close (never a hang)."""
-    return _raw_error(503, "too many connections", head=False).replace(
-        b"\r\nConnection: close", b"\r\nRetry-After: %d\r\nConnection: close" % retry_after_s, 1
-    )
+    extra = b"Retry-After: %d\r\n" % retry_after_s
+    return _raw_error(503, "too many connections", head=False, extra=extra)

@@ -38,6 +38,7 @@ class FleetGate:
         self._on_rate = on_rate
         self._leased: set[str] = set()
         self._reserving = asyncio.Lock()
+        self._pause_only = _PauseOnly(self)
         #: Answers since the last reservation, reported with the next one.
         self._successes = 0
         self._throttled = 0
@@ -46,18 +47,25 @@ class FleetGate:
         if rate:
             on_rate(rate)
 
+    def slot(self, entry_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Around one send: wait out a pause, hold a lease (--global-concurrency) and
+        take a rate slot (--global-rate). Without global limits only the pause is
+        checked, by a shared object: no generator per request on the worker's hot path."""
+        if self._limits is None or not (self._rate or self._concurrency):
+            return self._pause_only
+        return self._shared_slot(entry_id)
+
     @contextlib.asynccontextmanager
-    async def slot(self, entry_id: str) -> AsyncIterator[None]:
-        """Wait out a pause, hold a lease (--global-concurrency) and take a rate slot
-        (--global-rate) while the request is at the app."""
+    async def _shared_slot(self, entry_id: str) -> AsyncIterator[None]:
         await self._wait_pause()
         limits = self._limits
+        assert limits is not None
         holder = f"{self._holder}/{entry_id}"
-        leased = limits is not None and bool(self._concurrency)
+        leased = bool(self._concurrency)
         if leased:
             await self._take(limits, holder)
         try:
-            if limits is not None and self._rate:
+            if self._rate:
                 # One reservation of this worker at a time: none is taken far ahead, so
                 # a pause or a lower rate holds back all but that one.
                 async with self._reserving:
@@ -114,3 +122,19 @@ class FleetGate:
     async def close(self) -> None:
         if self._limits is not None:
             await self._limits.close()
+
+
+class _PauseOnly:
+    """``FleetGate.slot`` without global limits: only a pause the app asked for holds a
+    send back."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: FleetGate) -> None:
+        self._gate = gate
+
+    async def __aenter__(self) -> None:
+        await self._gate._wait_pause()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None

@@ -126,6 +126,10 @@ class PoolSettings:
     idle_timeout_s: float = L.UPSTREAM_IDLE_TIMEOUT_S
 
 
+#: A pooled connection idle at least this long is polled for a close before reuse.
+_POLL_AFTER_IDLE_S = 0.01
+
+
 def _peer_closed(conn: _Conn) -> bool:
     """An idle connection with something to read has been closed (or desynced) by the
     app, even if the loop has not yet seen the FIN: a poll of the socket tells."""
@@ -161,8 +165,8 @@ class UpstreamPool:
         self.upstream = upstream
         self._settings = settings or PoolSettings()
         self._clock = clock
-        #: (connection, when it must retire), most recently used last.
-        self._idle: list[tuple[_Conn, float]] = []
+        #: (connection, idle since, when it must retire), most recently used last.
+        self._idle: list[tuple[_Conn, float, float]] = []
         #: Requests sent again because a reused connection had been closed by the app.
         self.stale_retries = 0
 
@@ -183,8 +187,11 @@ class UpstreamPool:
     def _checkout(self) -> _Conn | None:
         now = self._clock()
         while self._idle:
-            conn, retire_at = self._idle.pop()
-            if conn.usable() and now < retire_at and not _peer_closed(conn):
+            conn, idle_since, retire_at = self._idle.pop()
+            # (a connection back from its last answer moments ago skips the poll: the
+            # hot path under load; a close racing it is the stale case below)
+            fresh = now - idle_since < _POLL_AFTER_IDLE_S
+            if conn.usable() and now < retire_at and (fresh or not _peer_closed(conn)):
                 return conn
             conn.close()
         return None
@@ -196,7 +203,8 @@ class UpstreamPool:
             keep_for = min(keep_for, app_timeout - L.KEEP_ALIVE_MARGIN_S)
         if keep_for > 0 and len(self._idle) < self._settings.pool_size:
             conn.proto.start_next_cycle()
-            self._idle.append((conn, self._clock() + keep_for))
+            now = self._clock()
+            self._idle.append((conn, now, now + keep_for))
         else:
             conn.close()
 
@@ -274,7 +282,7 @@ class UpstreamPool:
         return response
 
     async def close(self) -> None:
-        for conn, _ in self._idle:
+        for conn, _, _ in self._idle:
             conn.close()
         self._idle.clear()
 
