@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -50,6 +50,9 @@ class WorkerRun:
     #: None: no admin listener.
     admin: Address | None
     result_ttl_s: float
+    #: ``[upstreams]`` of the config file: the only apps besides ``upstream`` (named
+    #: "default") an entry may name; any other name is never dialled.
+    upstreams: Mapping[str, Address] = field(default_factory=dict)
 
 
 class StartError(Exception):

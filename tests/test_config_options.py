@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from hqm.cli.main import main
+from hqm.config.commands import COMMANDS
 from hqm.config.options import Option
-from hqm.config.tables import COMMANDS, Command
+from hqm.config.tables import Command
 
 #: Options every run of a command needs, and a value for each.
 REQUIRED = {"upstream": "127.0.0.1:8080", "redis": "redis://127.0.0.1:6390/0"}
@@ -237,7 +238,7 @@ def test_passwords_are_redacted_in_config_check():
         ("[worker]\nconcurrency = 0\n", "[worker] concurrency: must be >= 1"),
         ("proxy = 3\n", "[proxy] must be a table"),
         ("[proxy\n", "not valid TOML"),
-        ("[[routes]]\npath = '/x'\n", "[routes] is not supported by this version of hqm"),
+        ("[upstreams]\nreports = 5\n", "[upstreams] reports: expected"),
         ("listen = ':1'\n", "listen: unknown key"),  # not shared: only in [proxy]
     ],
 )

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hqm.config.commands import COMMANDS
 from hqm.config.docs import rewrite
-from hqm.config.tables import COMMANDS
 from tests.redis_server import free_port
 from tests.support import poll_result, proxy, request
 

@@ -11,9 +11,9 @@ import click
 import orjson
 
 from hqm.cli.common import UsageFailure
+from hqm.config.commands import COMMANDS
 from hqm.config.options import ConfigError, Option
 from hqm.config.resolve import Effective, Setting, load_file, resolve
-from hqm.config.tables import COMMANDS
 
 
 @click.group()

@@ -72,6 +72,7 @@ def proxy_settings(values: Effective) -> ProxySettings:
         result_ttl_s=values["result-ttl"],
         drain_timeout_s=values["drain-timeout"],
         embedded_worker=None if redis_url else worker_settings(values, consumer="embedded"),
+        upstreams=values.upstreams,
     )
 
 
@@ -83,6 +84,7 @@ def worker_run(values: Effective) -> WorkerRun:
         admin=values["admin"],
         result_ttl_s=values["result-ttl"],
         worker=worker_settings(values, consumer=values["consumer"] or default_consumer()),
+        upstreams=values.upstreams,
     )
 
 

@@ -11,7 +11,8 @@ import re
 import sys
 from pathlib import Path
 
-from hqm.config.tables import COMMANDS, Command
+from hqm.config.commands import COMMANDS
+from hqm.config.tables import Command
 
 _BLOCK = re.compile(r"(<!-- options:(\w+) -->\n)(.*?)(<!-- /options:\2 -->)", re.S)
 

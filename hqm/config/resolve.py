@@ -9,17 +9,20 @@ the file).
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from hqm.config.commands import COMMANDS
 from hqm.config.options import ConfigError, Option
-from hqm.config.tables import COMMANDS, Command
+from hqm.config.tables import Command
+from hqm.io.address import Address, parse_upstream
 
-#: Sections the routes issue adds; refused until they exist rather than ignored.
-_NOT_YET = ("routes", "upstreams")
+#: Upstream names are metric labels and route references: short and plain.
+_UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 class Source(StrEnum):
@@ -43,6 +46,11 @@ class ConfigFile:
     path: str
     #: Checked values per section ("" = top level), by option key.
     sections: Mapping[str, Mapping[str, Any]]
+    #: ``[upstreams]``: the apps this configuration names besides ``--upstream``
+    #: ("default"), by name.
+    upstreams: Mapping[str, Address] = field(default_factory=dict)
+    #: ``[[routes]]`` as read (tables, in order); checked by ``hqm.config.routes_file``.
+    routes: tuple[Mapping[str, Any], ...] = ()
 
     def lookup(self, command: Command, option: Option) -> tuple[Any, str] | None:
         section = self.sections.get(command.name, {})
@@ -59,6 +67,12 @@ class Effective:
 
     command: Command
     settings: tuple[Setting, ...]
+    #: The --config file read (None: none given).
+    config: ConfigFile | None = None
+
+    @property
+    def upstreams(self) -> Mapping[str, Address]:
+        return self.config.upstreams if self.config is not None else {}
 
     def __getitem__(self, name: str) -> Any:
         for setting in self.settings:
@@ -98,19 +112,46 @@ def load_file(path: str) -> ConfigFile:
         raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
     shared = _shared_keys()
     sections: dict[str, dict[str, Any]] = {"": {}}
+    upstreams: dict[str, Address] = {}
+    routes: tuple[Mapping[str, Any], ...] = ()
     for name, value in data.items():
         if name in COMMANDS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: [{name}] must be a table, got {value!r}")
             sections[name] = _check_section(path, COMMANDS[name], value)
-        elif name in _NOT_YET:
-            raise ConfigError(f"{path}: [{name}] is not supported by this version of hqm")
+        elif name == "upstreams":
+            upstreams = _upstreams(path, value)
+        elif name == "routes":
+            if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+                raise ConfigError(f"{path}: routes must be [[routes]] tables")
+            routes = tuple(value)
         elif name in shared:
             sections[""][name] = _parse(shared[name], value, f"{path} {name}", from_file=True)
         else:
-            known = [*COMMANDS, *shared]
+            known = [*COMMANDS, *shared, "upstreams", "routes"]
             raise _unknown(f"{path}:", name, known)
-    return ConfigFile(path, sections)
+    return ConfigFile(path, sections, upstreams, routes)
+
+
+def _upstreams(path: str, value: Any) -> dict[str, Address]:
+    """``[upstreams]``: ``name = "HOST:PORT"`` (or ``http://HOST:PORT``) per app."""
+    if not isinstance(value, dict):
+        raise ConfigError(f'{path}: [upstreams] must be a table of name = "HOST:PORT"')
+    out = {}
+    for name, address in value.items():
+        where = f"{path} [upstreams] {name}"
+        if not _UPSTREAM_NAME.fullmatch(name) or name == "default":
+            raise ConfigError(
+                f"{where}: a name is letters, digits, '_', '.', '-' (and 'default' is "
+                "--upstream itself)"
+            )
+        if not isinstance(address, str):
+            raise ConfigError(f'{where}: expected "HOST:PORT", got {address!r}')
+        try:
+            out[name] = parse_upstream(address)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return out
 
 
 def _check_section(path: str, command: Command, values: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +182,7 @@ def resolve(command: Command, flags: Mapping[str, Any], env: Mapping[str, str]) 
                 "of the --config file)"
             )
         settings.append(setting)
-    effective = Effective(command, tuple(settings))
+    effective = Effective(command, tuple(settings), config)
     _check_embedded_only(effective)
     return effective
 

@@ -371,5 +371,3 @@ DLQ = Command(
         CONFIG,
     ),
 )
-
-COMMANDS = {command.name: command for command in (PROXY, WORKER, DLQ)}

@@ -3,7 +3,8 @@ which hold every default; nothing here repeats one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from hqm.io.address import Address
 from hqm.proto.limits import Limits
@@ -32,3 +33,5 @@ class ProxySettings:
     result_ttl_s: float
     drain_timeout_s: float
     embedded_worker: WorkerSettings | None = None
+    #: ``[upstreams]`` of the config file, by name, besides ``upstream`` ("default").
+    upstreams: Mapping[str, Address] = field(default_factory=dict)

@@ -24,7 +24,8 @@ error, not a shorter body); header bytes travel as latin-1 strings, which maps e
 byte 0-255 to one code point and back, so any header h11 accepts round-trips.
 Optional head keys are written only when set and read with their default, so records
 with and without them decode on either side of an upgrade (still version 1):
-``request_method`` of a response.
+``request_method`` of a response; ``timeout_s``, ``max_attempts``, ``not_before`` and
+``route`` of a request.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ class RequestRecord:
     mode: str = "async"
     #: Name of the upstream (from the worker's own config) this request goes to.
     upstream: str = "default"
+    #: The route's per-request limits (0: the worker's own --read-timeout and
+    #: --max-attempts).
+    timeout_s: float = 0.0
+    max_attempts: int = 0
+    #: Epoch seconds before which it is not replayed (HQM-Delay / HQM-Not-Before; 0: now).
+    not_before: float = 0.0
+    #: The route that queued it ("" for the default route): the metric label.
+    route: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +148,10 @@ def _field(head: dict, key: str, kind: type | tuple[type, ...]):
     return value
 
 
+def _optional(head: dict, key: str, kind: type | tuple[type, ...], default):
+    return _field(head, key, kind) if key in head else default
+
+
 def _text(head: dict, key: str) -> str:
     return _field(head, key, str)
 
@@ -161,6 +174,14 @@ def encode_request(record: RequestRecord) -> bytes:
         "mode": record.mode,
         "upstream": record.upstream,
     }
+    for key, value in (
+        ("timeout_s", record.timeout_s),
+        ("max_attempts", record.max_attempts),
+        ("not_before", record.not_before),
+        ("route", record.route),
+    ):
+        if value:
+            head[key] = value
     return _pack(_KIND_REQUEST, head, record.body)
 
 
@@ -180,6 +201,10 @@ def decode_request(data: bytes) -> RequestRecord:
             reply_to=_text(head, "reply_to"),
             mode=_text(head, "mode"),
             upstream=_text(head, "upstream"),
+            timeout_s=float(_optional(head, "timeout_s", (int, float), 0.0)),
+            max_attempts=_optional(head, "max_attempts", int, 0),
+            not_before=float(_optional(head, "not_before", (int, float), 0.0)),
+            route=_optional(head, "route", str, ""),
         )
     except (KeyError, UnicodeEncodeError) as exc:
         raise EnvelopeError(f"malformed request record: {exc!r}") from None
