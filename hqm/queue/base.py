@@ -35,6 +35,10 @@ class Status(StrEnum):
     RETRYING = "retrying"
     DONE = "done"
     DEAD = "dead"
+    #: Scheduled for later (HQM-Delay / HQM-Not-Before): not yet in the stream.
+    DELAYED = "delayed"
+    #: Cancelled by ``DELETE /_hqm/requests/{id}`` before a worker took it.
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,10 @@ class RequestState:
     status: Status
     attempts: int = 0
     error: str | None = None
+    #: Epoch seconds the proxy accepted it, and of the last change of status (0.0 when
+    #: the backend does not know).
+    submitted_at: float = 0.0
+    updated_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
