@@ -9,6 +9,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
+# tests/test_netns_iptables.py: nat rules in throw-away network namespaces (as root).
+if ! command -v iptables >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+  echo "iptables or ip missing: installing iptables and iproute2 with apt-get" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iptables iproute2 >/dev/null
+fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

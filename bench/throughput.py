@@ -67,7 +67,9 @@ def one_run(config: str, duration: float, warmup: float) -> dict:
         res = c.measured(procs, lambda: c.wrk(port, duration))
         if config == "embedded":
             metrics = c.scrape(procs["server"].admin)
-            res["replayed"] = metrics.get('hqm_worker_processed_total{outcome="done"}', 0.0)
+            res["replayed"] = metrics.get(
+                'hqm_worker_processed_total{outcome="done",queue="default"}', 0.0
+            )
             res["backlog"] = metrics.get('hqm_queue_depth{queue="default"}', 0.0)
         return res
 

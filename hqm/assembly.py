@@ -6,27 +6,30 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
-from hqm.ingress.handler import ProxyHandler
+from hqm.ingress.handler import ProxyHandler, new_request_id
+from hqm.ingress.passthrough import PassThrough
 from hqm.ingress.settings import ProxySettings
 from hqm.io.address import Address
 from hqm.io.clock import Clock
 from hqm.io.fdlimit import connection_limit, raise_nofile
-from hqm.io.http_server import ConnectionTracker, serve
+from hqm.io.http_server import ConnectionTracker, Routing, serve
 from hqm.ops.admin import AdminHandler
-from hqm.ops.metrics import ProxyMetrics, WorkerMetrics
+from hqm.ops.metrics import ProxyMetrics, QueueMetrics, WorkerMetrics
+from hqm.ops.queue_gauges import QueueGauges, StatsSettings
 from hqm.proto.limits import Limits
 from hqm.queue.base import FleetLimits, Queue, QueueUnavailable
 from hqm.queue.memory import MemoryQueue
 from hqm.queue.memory_limits import MemoryLimits
 from hqm.worker.fleet import FleetGate
 from hqm.worker.loop import Worker
+from hqm.worker.queues import QueueSet
 from hqm.worker.settings import WorkerSettings
-from hqm.worker.upstream import UpstreamPool
+from hqm.worker.upstream import PoolSettings, UpstreamPool
 
 log = logging.getLogger("hqm")
 
@@ -46,13 +49,16 @@ class WorkerRun:
     upstream: Address
     redis_url: str
     worker: WorkerSettings
-    queue: str
+    #: ``--queue``: the queues consumed, in priority order or with weights.
+    queues: QueueSet
     #: None: no admin listener.
     admin: Address | None
     result_ttl_s: float
     #: ``[upstreams]`` of the config file: the only apps besides ``upstream`` (named
     #: "default") an entry may name; any other name is never dialled.
     upstreams: Mapping[str, Address] = field(default_factory=dict)
+    #: The hqm_queue_* gauges (None: none).
+    stats: StatsSettings | None = None
 
 
 class StartError(Exception):
@@ -134,14 +140,60 @@ def _fleet(
     )
 
 
+def _queue_gauges(
+    redis_url: str | None,
+    queues: tuple[str, ...],
+    registry: CollectorRegistry,
+    stats: StatsSettings | None,
+    depth: Gauge | None = None,
+) -> QueueGauges | None:
+    """The process's one background refresh of the hqm_queue_* gauges (Redis only)."""
+    if not redis_url or stats is None or stats.interval_s <= 0:
+        return None
+    from hqm.queue.redis_stats import StatsReader
+
+    gauges = QueueGauges(
+        reader=StatsReader(redis_url),
+        queues=queues,
+        metrics=QueueMetrics(registry),
+        settings=stats,
+        depth=depth,
+    )
+    gauges.start()
+    return gauges
+
+
+def upstream_pools(
+    upstream: Address, upstreams: Mapping[str, Address], settings: PoolSettings | None
+) -> dict[str, UpstreamPool]:
+    """A pool per app a worker may call: "default" (``--upstream``) and each of
+    ``[upstreams]``. No connection is made before the first request."""
+    addresses = {**upstreams, "default": upstream}
+    return {name: UpstreamPool(address, settings) for name, address in addresses.items()}
+
+
+def _distinct(queues: Iterable[Queue]) -> list[Queue]:
+    """Each queue object once, in order (several names may share one embedded queue)."""
+    return list({id(queue): queue for queue in queues}.values())
+
+
 async def _close(
-    admin: asyncio.Server | None, admin_tracker: ConnectionTracker, pool: UpstreamPool, queue: Queue
+    admin: asyncio.Server | None,
+    admin_tracker: ConnectionTracker,
+    pools: Iterable[UpstreamPool],
+    queues: Iterable[Queue],
 ) -> None:
     if admin is not None:
         admin.close()
         await admin_tracker.drain(0)
-    await pool.close()
-    await queue.close()
+    for pool in pools:
+        await pool.close()
+    for queue in queues:
+        await queue.close()
+
+
+def _decides(settings: ProxySettings) -> bool:
+    return bool(settings.routes.routes) or settings.transparent or settings.replay_key is not None
 
 
 async def run_proxy(
@@ -159,10 +211,30 @@ async def run_proxy(
         max_depth=settings.max_depth,
         result_ttl_s=settings.result_ttl_s,
     )
+    # Every queue a route names; embedded, they are all the one in-process queue (its
+    # one worker drains it: queue names matter for Redis only).
+    queues = {settings.queue: queue}
+    for name in sorted({route.queue for route in settings.routes.routes} - set(queues)):
+        queues[name] = queue
+        if settings.redis_url:
+            queues[name] = await open_queue(
+                settings.redis_url,
+                name,
+                max_depth=settings.max_depth,
+                result_ttl_s=settings.result_ttl_s,
+            )
+    passthrough = PassThrough(
+        upstreams={"default": settings.upstream, **settings.upstreams},
+        settings=settings.passthrough,
+        forwarding=settings.forwarding,
+        request_id=new_request_id,
+    )
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry)
     embedded = settings.embedded_worker
-    pool = UpstreamPool(settings.upstream, embedded.pool if embedded else None)
+    pools = upstream_pools(
+        settings.upstream, settings.upstreams, embedded.pool if embedded else None
+    )
     worker = worker_task = None
     if embedded is not None:
         log.warning(
@@ -170,9 +242,10 @@ async def run_proxy(
             "exits; pass --redis redis://HOST:6379/0 for a durable queue"
         )
         worker_metrics = WorkerMetrics(registry)
+        # Every distinct queue the proxy writes to (embedded: the one), in priority order.
         worker = Worker(
-            queue=queue,
-            pool=pool,
+            queues=_distinct(queues.values()),
+            pools=pools,
             settings=embedded,
             fleet=_fleet(embedded, None, settings.queue, worker_metrics),
             metrics=worker_metrics,
@@ -188,7 +261,14 @@ async def run_proxy(
         with contextlib.suppress(Exception):
             metrics.queue_depth.labels(settings.queue).set(await queue.depth())
 
-    handler = ProxyHandler(queue=queue, settings=settings, metrics=metrics)
+    # The hqm_queue_* refresh (Redis) sets hqm_queue_depth too: no scrape waits on Redis.
+    gauges = _queue_gauges(
+        settings.redis_url, tuple(queues), registry, settings.stats, metrics.queue_depth
+    )
+
+    handler = ProxyHandler(
+        queue=queue, queues=queues, passthrough=passthrough, settings=settings, metrics=metrics
+    )
     server = await _listen(
         "--listen",
         settings.listen,
@@ -196,9 +276,14 @@ async def run_proxy(
         limits=settings.limits,
         tracker=tracker,
         clock=clock,
+        # without routes (or a transparent port or a replay to tell) every request is
+        # queued: no decision per request to make
+        routing=Routing(handler.classify, handler.stream) if _decides(settings) else None,
+        transparent=settings.transparent,
     )
     admin, admin_tracker = await _serve_admin(
-        settings.admin, AdminHandler(registry=registry, ready=ready, refresh=refresh)
+        settings.admin,
+        AdminHandler(registry=registry, ready=ready, refresh=None if gauges else refresh),
     )
     bound = Bound(_bound(server), _bound(admin) if admin else None)
     log.info(
@@ -220,7 +305,12 @@ async def run_proxy(
     if worker is not None and worker_task is not None:
         worker.stop()
         await worker_task
-    await _close(admin, admin_tracker, pool, queue)
+    await passthrough.close()
+    for extra in {id(q): q for q in queues.values() if q is not queue}.values():
+        await extra.close()
+    if gauges is not None:
+        await gauges.close()
+    await _close(admin, admin_tracker, pools.values(), [queue])
     log.info("stopped")
 
 
@@ -232,19 +322,33 @@ async def run_worker(
 ) -> None:
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    queue = await open_queue(run.redis_url, run.queue, max_depth=0, result_ttl_s=run.result_ttl_s)
+    # One queue object each: its own keys, hash tag and Cluster slot, its own claims.
+    queues = [
+        await open_queue(run.redis_url, name, max_depth=0, result_ttl_s=run.result_ttl_s)
+        for name in run.queues.names
+    ]
     registry = CollectorRegistry()
-    pool = UpstreamPool(run.upstream, run.worker.pool)
+    pools = upstream_pools(run.upstream, run.upstreams, run.worker.pool)
     metrics = WorkerMetrics(registry)
-    fleet = _fleet(run.worker, run.redis_url, run.queue, metrics)
-    worker = Worker(queue=queue, pool=pool, settings=run.worker, metrics=metrics, fleet=fleet)
+    # (fleet-wide limits: those of the first queue, whatever queue a request came from)
+    fleet = _fleet(run.worker, run.redis_url, run.queues.names[0], metrics)
+    worker = Worker(
+        queues=queues,
+        pools=pools,
+        settings=run.worker,
+        metrics=metrics,
+        weights=run.queues.weights,
+        fleet=fleet,
+    )
 
     async def ready() -> bool:
-        return not stop.is_set() and await queue.ping()
+        return not stop.is_set() and all([await queue.ping() for queue in queues])
 
     admin, admin_tracker = await _serve_admin(
         run.admin, AdminHandler(registry=registry, ready=ready)
     )
+    # (started once the admin port is ours: a refused --admin leaves no task behind)
+    gauges = _queue_gauges(run.redis_url, run.queues.names, registry, run.stats)
     bound = Bound(None, _bound(admin) if admin else None)
     log.info(
         "worker started",
@@ -252,6 +356,8 @@ async def run_worker(
             "consumer": run.worker.consumer,
             "admin": str(bound.admin),
             "upstream": str(run.upstream),
+            "upstreams": sorted(pools),
+            "queues": str(run.queues),
             "concurrency": run.worker.concurrency,
             "burst": run.worker.burst,
         },
@@ -271,6 +377,8 @@ async def run_worker(
     try:
         await task  # QueueUnreachable in burst mode: the caller exits non-zero
     finally:
-        await _close(admin, admin_tracker, pool, queue)
+        await _close(admin, admin_tracker, pools.values(), queues)
         await fleet.close()
+        if gauges is not None:
+            await gauges.close()
         log.info("worker stopped")

@@ -41,7 +41,12 @@ def _valid(option: Option) -> tuple[str, Any]:
     if option.name == "log-level":
         return "debug", "debug"
     if option.name == "mode":
-        return "wait", "wait"
+        # hqm proxy's reply mode, hqm iptables's backend
+        return ("legacy", "legacy") if option.default == "auto" else ("wait", "wait")
+    if option.kind == "ports":
+        return "8080,9000-9005", "8080,9000-9005"
+    if kind == "target":
+        return "/api/process?x=1", "/api/process?x=1"
     if kind == "bool":
         return ("false", False) if default else ("true", True)
     if kind in ("int", "bytes"):
@@ -50,6 +55,10 @@ def _valid(option: Option) -> tuple[str, Any]:
         return str(default + 1.5), default + 1.5
     if kind == "name":
         return "other-name", "other-name"
+    if kind == "path":  # (a file that exists: the replay key is read at start)
+        return "/etc/hostname", "/etc/hostname"
+    if kind == "secret":
+        return "s3cret-key", "s3cret-key"
     raise AssertionError(f"no sample for {option.name} ({kind})")
 
 
@@ -65,8 +74,12 @@ def _invalid(option: Option) -> list[tuple[str, Any]]:
         return [("no-port-here", "no-port-here"), ("https://tls.only:443", 443)]
     if option.kind == "url":
         return [("http://127.0.0.1:6379", 6379)]
-    if option.kind == "name":
+    if option.kind in ("name", "path", "secret"):
         return [("", 7)]
+    if option.kind == "target":
+        return [("no-slash", "no-slash"), ("/a b", 7)]
+    if option.kind == "ports":
+        return [("0", 8080), ("8080,,8081", "9005-9000")]
     raise AssertionError(f"no invalid sample for {option.name}")
 
 
@@ -187,9 +200,12 @@ def test_every_default_parses_and_the_tables_are_consistent():
                 option.parse(option.default)  # a default the parser refuses is a bug
             assert option.help.endswith((".", ")")), option.name
     # a shared option means the same thing everywhere: one object, one default
-    for name in ("queue", "upstream", "result-ttl", "drain-timeout", "log-level"):
+    for name in ("upstream", "result-ttl", "drain-timeout", "log-level"):
         objects = {id(c.option(name)) for c in COMMANDS.values() if name in _names(c)}
         assert len(objects) == 1, name
+    # (--queue: one object, but hqm worker's takes several queues; the same default)
+    queues = {c.option("queue") for c in COMMANDS.values() if "queue" in _names(c)}
+    assert len({id(o) for o in queues}) == 2 and len({o.default for o in queues}) == 1
 
 
 def _names(command: Command) -> set[str]:
@@ -270,7 +286,7 @@ def test_config_check_without_command_checks_each_section(tmp_path: Path):
     assert f"file {path} [worker] rate" in out and f"file {path} upstream" in out
 
 
-@pytest.mark.parametrize("flag", ["--rate", "--concurrency", "--max-attempts", "--read-timeout"])
+@pytest.mark.parametrize("flag", ["--rate", "--concurrency", "--max-attempts", "--retry-base"])
 def test_proxy_with_redis_refuses_worker_only_options(flag: str):
     args = ["proxy", "--upstream", "a:1", "--redis", "redis://r:1/0", flag, "3"]
     code, out = check(args)
@@ -280,6 +296,13 @@ def test_proxy_with_redis_refuses_worker_only_options(flag: str):
     assert code == 2 and "configures only the in-process worker" in out
     code, out = check(["proxy", "--upstream", "a:1", flag, "3"])  # embedded: its worker's
     assert code == 0, out
+
+
+@pytest.mark.parametrize("flag", ["--read-timeout", "--connect-timeout", "--trusted-hops"])
+def test_proxy_with_redis_takes_the_options_of_its_pass_through_routes(flag: str):
+    code, out = check(["proxy", "--upstream", "a:1", "--redis", "redis://r:1/0", flag, "3"])
+    assert code == 0, out
+    assert f"{flag} " in out and "flag" in out
 
 
 # --- as a shell sees it --------------------------------------------------------------

@@ -57,7 +57,8 @@ def test_async_then_poll_returns_the_app_response_verbatim(backend, hqm):
 def test_poll_unknown_or_malformed_id_is_404(hqm):
     assert request(hqm.port, b"GET", b"/_hqm/requests/" + b"0" * 32).status == 404
     assert request(hqm.port, b"GET", b"/_hqm/requests/../../etc").status == 404
-    assert request(hqm.port, b"DELETE", b"/_hqm/requests/" + b"0" * 32).status == 405
+    assert request(hqm.port, b"DELETE", b"/_hqm/requests/" + b"0" * 32).status == 404
+    assert request(hqm.port, b"PUT", b"/_hqm/requests/" + b"0" * 32).status == 405
 
 
 def test_wait_mode_returns_the_app_response(backend, hqm):

@@ -195,8 +195,8 @@ def test_json_answers_carry_the_standard_reason_phrase(hqm):
     assert exchange(hqm.port, raw_request(b"GET", b"/_hqm/nothing")) == json_answer(
         404, b'{"error":"no such hqm endpoint"}'
     )
-    assert exchange(hqm.port, raw_request(b"DELETE", b"/_hqm/requests/" + ZERO_ID)) == (
-        json_answer(405, b'{"error":"use GET"}', b"Allow: GET, HEAD")
+    assert exchange(hqm.port, raw_request(b"PUT", b"/_hqm/requests/" + ZERO_ID)) == (
+        json_answer(405, b'{"error":"use GET, HEAD or DELETE"}', b"Allow: GET, HEAD, DELETE")
     )
 
 

@@ -17,9 +17,11 @@ from pathlib import Path
 import redis
 from redis.exceptions import ResponseError
 
+from hqm.queue.base import CancelOutcome, IdempotencyClaim
 from hqm.queue.keys import GROUP
 from hqm.queue.redis_codec import delayed_member
-from hqm.queue.redis_lua import FINISH, OPS, SCRIPTS, Script, Scripts
+from hqm.queue.redis_lua import OPS, SCRIPTS, Script
+from hqm.queue.redis_scripts import Scripts
 from hqm.queue.redis_streams import RedisQueue
 from tests.redis_server import RedisServer, redis_server
 from tests.support import wait_until
@@ -86,12 +88,19 @@ class Monitor:
 
 
 async def _every_script(url: str) -> None:
-    """Each script and each op of ``finish`` at least once."""
-    q = RedisQueue(url, "layout", max_depth=6)
+    """Each script and each op of ``finish`` and ``enqueue`` at least once."""
+    q = RedisQueue(url, "layout", max_depth=9)
     await q.start()
     waiting = record(reply_to="hqm:{layout}:reply:someone", mode="wait")
     recs = [record(), record(), record(), waiting]
-    await asyncio.gather(*(q.enqueue(r) for r in recs))  # enqueue
+    await asyncio.gather(*(q.enqueue(r) for r in recs))  # enqueue, add
+    claim = IdempotencyClaim(key="k", fingerprint="f", ttl_s=60)
+    later, taken_back = record(not_before=9.0), record()
+    await q.enqueue(later, idempotency=claim)  # add_once, delayed
+    assert (await q.enqueue(record(), idempotency=claim)).duplicate
+    await q.enqueue(taken_back)
+    assert await q.cancel(later.id) is CancelOutcome.CANCELLED  # cancel, in the delayed set
+    assert await q.cancel(taken_back.id) is CancelOutcome.CANCELLED  # cancel, in the stream
     got = await q.claim("c", 2, 0)  # claim
     got += await q.claim("c", 2, 0)
     await q.touch("c", [d.entry_id for d in got])  # touch
@@ -130,8 +139,9 @@ def test_every_key_a_script_touches_is_declared(redis_server: RedisServer) -> No
                 name, count = shas[args[1].decode()], int(args[2])
                 declared, arguments = set(args[3 : 3 + count]), args[3 + count :]
                 ran.add(name)
-                if name == "finish":
-                    ops |= {item[:1].decode() for item in arguments[len(FINISH.args) :]}
+                script = next(s for s in SCRIPTS if s.name == name)
+                if script.ops:
+                    ops |= {item[:1].decode() for item in arguments[len(script.args) :]}
             continue
         assert declared is not None, f"a script command outside a script: {args}"
         try:
@@ -179,11 +189,12 @@ def _script_row(script: Script) -> str:
 def layout_table() -> str:
     rows = [_row("script", "KEYS", "ARGV"), _row("---", "---", "---")]
     rows += [_script_row(script) for script in SCRIPTS]
-    rows += ["", _row("`finish` item", "code", "KEYS of its request", "fields")]
-    rows.append(_row("---", "---", "---", "---"))
-    for op in FINISH.ops:
-        keys = _names(op.keys) + (" or none" if op.optional_keys and op.keys else "")
-        rows.append(_row(f"`{op.name}`", f"`{op.code}`", keys, _names(op.fields)))
+    for script in (s for s in SCRIPTS if s.ops):
+        rows += ["", _row(f"`{script.name}` item", "code", "KEYS of its request", "fields")]
+        rows.append(_row("---", "---", "---", "---"))
+        for op in script.ops:
+            keys = _names(op.keys) + (" or none" if op.optional_keys and op.keys else "")
+            rows.append(_row(f"`{op.name}`", f"`{op.code}`", keys, _names(op.fields)))
     return "\n".join(rows) + "\n"
 
 

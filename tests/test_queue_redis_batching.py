@@ -11,7 +11,7 @@ import pytest
 
 from hqm.proto.envelope import ResponseRecord
 from hqm.queue import redis_wait
-from hqm.queue.base import QueueFull, QueueUnavailable, RequestState, Status
+from hqm.queue.base import QueueFull, QueueUnavailable, Status
 from hqm.queue.keys import QueueKeys
 from hqm.queue.redis_streams import RedisQueue
 from tests.redis_server import RedisServer, free_port, redis_server
@@ -77,7 +77,8 @@ def test_concurrent_outcomes_share_one_round_trip(redis_server: RedisServer) -> 
             assert (await q.fetch_result(d.record.id)).body == d.record.id.encode()
             assert (await q.state(d.record.id)).status is Status.DONE
         for d in ds[20:25]:
-            assert await q.state(d.record.id) == RequestState(Status.RETRYING, 1, "503")
+            state = await q.state(d.record.id)
+            assert (state.status, state.attempts, state.error) == (Status.RETRYING, 1, "503")
         for d in ds[25:]:
             assert (await q.fetch_result(d.record.id)).status == 502
             assert (await q.state(d.record.id)).status is Status.DEAD

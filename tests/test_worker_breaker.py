@@ -99,7 +99,9 @@ def test_app_outage_under_steady_traffic_dead_letters_nothing(redis_server: Redi
             time.sleep(0.1)  # pacing the steady traffic, not waiting for an outcome
         opened = re.compile(r'"msg": ?"circuit breaker open"')
         assert _wait_log(worker, opened), worker.log()
-        state = re.search(r"^hqm_worker_breaker_state (\S+)$", metrics(worker), re.M)
+        state = re.search(
+            r'^hqm_worker_breaker_state\{upstream="default"\} (\S+)$', metrics(worker), re.M
+        )
         assert state is not None and float(state.group(1)) in (1.0, 2.0)  # open/half-open
         app = Backend(port=app_port)  # the app is back
         for _ in range(10):  # and traffic goes on

@@ -215,7 +215,10 @@ def test_two_workers_2000_requests_each_result_once(redis_server: RedisServer, a
     assert r.xpending(STREAM, GROUP)["pending"] == 0
     assert r.xlen(KEYS.dlq) == 0
     # both workers did a share of the work, and the shares add up
-    done = [counter(metrics(w), 'hqm_worker_processed_total{outcome="done"}') for w in workers]
+    done = [
+        counter(metrics(w), 'hqm_worker_processed_total{outcome="done",queue="default"}')
+        for w in workers
+    ]
     assert sum(done) == 2000 and min(done) > 0, done
 
 
@@ -321,8 +324,8 @@ def test_503_twice_then_200_stores_the_200_with_its_attempts(redis_server: Redis
         None,
     )
     text = metrics(worker)
-    assert "hqm_worker_retries_total 2.0" in text
-    assert "hqm_worker_dead_letters_total 0.0" in text
+    assert 'hqm_worker_retries_total{queue="default"} 2.0' in text
+    assert 'hqm_worker_dead_letters_total{queue="default"} 0.0' in text
 
 
 def test_app_down_dead_letters_then_replay_completes(redis_server: RedisServer, spawn):
@@ -344,8 +347,8 @@ def test_app_down_dead_letters_then_replay_completes(redis_server: RedisServer, 
     assert letter["attempts"] == 1  # a connection never made spends no attempt
     assert "cannot connect" in letter["error"]
     text = metrics(worker)
-    assert "hqm_worker_retries_total 0.0" in text  # it waited for the app: no retry spent
-    assert "hqm_worker_dead_letters_total 1.0" in text
+    assert 'hqm_worker_retries_total{queue="default"} 0.0' in text  # waited: no retry spent
+    assert 'hqm_worker_dead_letters_total{queue="default"} 1.0' in text
     # the app comes up where it was down; a replay brings the request back
     app = Backend(done_target, port=port)
     try:

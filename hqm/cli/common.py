@@ -11,8 +11,9 @@ from typing import Any
 import click
 
 from hqm.assembly import ListenError, StartError
+from hqm.config.openhqm_env import Resolved, resolve_aliased
 from hqm.config.options import ConfigError
-from hqm.config.resolve import Effective, resolve
+from hqm.config.resolve import Effective
 from hqm.config.tables import Command
 
 
@@ -57,7 +58,14 @@ def table_options(
                 )
             else:
                 decl = click.option(
-                    option.flag, option.dest, default=None, metavar=option.kind.upper(), help=help_
+                    option.flag,
+                    option.dest,
+                    default=None,
+                    metavar=option.kind.upper(),
+                    help=help_,
+                    multiple=option.multiple,
+                    # (repeatable: () when not given, which is "not given": None)
+                    callback=(lambda ctx, param, value: value or None) if option.multiple else None,
                 )
             func = decl(func)
         return func
@@ -66,8 +74,14 @@ def table_options(
 
 
 def settings_or_exit(command: Command, flags: dict[str, Any]) -> Effective:
+    return resolved_or_exit(command, flags).effective
+
+
+def resolved_or_exit(command: Command, flags: dict[str, Any]) -> Resolved:
+    """The settings, the original OpenHQM's OPENHQM_* variables included (with the
+    ones hqm ignores, for the command to log once its logging is set up)."""
     try:
-        return resolve(command, flags, os.environ)
+        return resolve_aliased(command, flags, os.environ)
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from None
 

@@ -11,9 +11,11 @@ import click
 import orjson
 
 from hqm.cli.common import UsageFailure
+from hqm.config.build import replay_key, route_table
 from hqm.config.commands import COMMANDS
+from hqm.config.openhqm_env import resolve_aliased, why_ignored
 from hqm.config.options import ConfigError, Option
-from hqm.config.resolve import Effective, Setting, load_file, resolve
+from hqm.config.resolve import Effective, Setting, load_file
 
 
 @click.group()
@@ -24,10 +26,18 @@ def config() -> None:
 def _command_flags(name: str, args: tuple[str, ...]) -> dict[str, Any]:
     """The command's own click parser reads FLAGS, so they mean what they mean there."""
     from hqm.cli.dlq import list_
+    from hqm.cli.iptables import iptables
     from hqm.cli.proxy import proxy
+    from hqm.cli.status import status
     from hqm.cli.worker import worker
 
-    command = {"proxy": proxy, "worker": worker, "dlq": list_}[name]
+    command = {
+        "proxy": proxy,
+        "worker": worker,
+        "dlq": list_,
+        "iptables": iptables,
+        "status": status,
+    }[name]
     try:
         ctx = command.make_context(f"hqm {name}", list(args), resilient_parsing=False)
     except click.exceptions.Exit:
@@ -55,8 +65,10 @@ def _shown(option: Option, value: Any) -> str:
 
 
 def _source(setting: Setting) -> str:
-    if setting.source.value in ("default", "flag"):
-        return setting.source.value
+    if setting.source.value == "flag":
+        return "flag"
+    if setting.source.value == "default":  # "default", or which OpenHQM default
+        return setting.origin
     return f"{setting.source.value} {setting.origin}"
 
 
@@ -87,15 +99,22 @@ def check(config_path: str | None, as_json: bool, command: str | None, args: tup
     if args and command is None:
         raise UsageFailure("give COMMAND before its flags")
     names = [command] if command else _commands_of(config_path)
-    results = []
+    results, ignored = [], {}
     for name in names:
         flags = _command_flags(name, args)
         if config_path is not None and flags.get("config") is None:
             flags["config"] = config_path
         try:
-            results.append(resolve(COMMANDS[name], flags, os.environ))
+            resolved = resolve_aliased(COMMANDS[name], flags, os.environ)
+            if name in ("proxy", "worker"):
+                route_table(resolved.effective)  # [[routes]] checked as the command would
+                replay_key(resolved.effective)
         except ConfigError as exc:
             raise UsageFailure(str(exc)) from None
+        results.append(resolved.effective)
+        ignored.update(dict.fromkeys(resolved.ignored))
+    for variable in ignored:  # on stderr: stdout stays the table (or the JSON)
+        click.echo(f"ignored: {variable} ({why_ignored(variable)})", err=True)
     if as_json:
         out = {
             e.command.name: [

@@ -9,7 +9,10 @@ import click
 from hqm import __version__
 from hqm.cli.config_check import config
 from hqm.cli.dlq import dlq
+from hqm.cli.iptables import iptables
 from hqm.cli.proxy import proxy
+from hqm.cli.routes import routes
+from hqm.cli.status import status
 from hqm.cli.worker import worker
 
 
@@ -19,7 +22,7 @@ def main() -> None:
     """OpenHQM: a durable queue in front of any HTTP/1.1 app."""
 
 
-for _command in (proxy, worker, dlq, config):
+for _command in (proxy, worker, dlq, config, iptables, status, routes):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from hqm.cli.common import run, settings_or_exit, table_options
+from hqm.cli.common import build_or_exit, resolved_or_exit, run, table_options
 from hqm.config.build import proxy_settings
+from hqm.config.openhqm_env import log_ignored
 from hqm.config.tables import PROXY
 from hqm.ops.logs import setup as setup_logging
 
@@ -17,9 +18,11 @@ def proxy(**flags) -> None:
 
     Without --redis an in-process worker drains an embedded (non-durable) queue.
     """
-    values = settings_or_exit(PROXY, flags)
-    settings = proxy_settings(values)
+    resolved = resolved_or_exit(PROXY, flags)
+    values = resolved.effective
+    settings = build_or_exit(lambda: proxy_settings(values))
     setup_logging(values["log-level"])
+    log_ignored(resolved.ignored)
     from hqm.assembly import run_proxy
 
     run(run_proxy(settings))

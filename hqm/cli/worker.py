@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from hqm.cli.common import run, settings_or_exit, table_options
+from hqm.cli.common import build_or_exit, resolved_or_exit, run, table_options
 from hqm.config.build import worker_run
+from hqm.config.openhqm_env import log_ignored
 from hqm.config.tables import WORKER
 from hqm.ops.logs import setup as setup_logging
 from hqm.worker.loop import QueueUnreachable
@@ -15,9 +16,11 @@ from hqm.worker.loop import QueueUnreachable
 @table_options(WORKER)
 def worker(**flags) -> None:
     """Replay queued requests to the app at the rate it can bear; record its answers."""
-    values = settings_or_exit(WORKER, flags)
-    settings = worker_run(values)
+    resolved = resolved_or_exit(WORKER, flags)
+    values = resolved.effective
+    settings = build_or_exit(lambda: worker_run(values))
     setup_logging(values["log-level"])
+    log_ignored(resolved.ignored)
     from hqm.assembly import run_worker
 
     try:

@@ -8,11 +8,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from hqm.assembly import WorkerRun
+from hqm.config.options import ConfigError
 from hqm.config.resolve import Effective, resolve
+from hqm.config.routes_file import build_routes
 from hqm.config.tables import PROXY, WORKER
+from hqm.ingress.routes import RouteTable
 from hqm.ingress.settings import ProxySettings
+from hqm.io.iptables_apply import IptablesRun
+from hqm.io.iptables_rules import Family, InboundPlan
+from hqm.ops.queue_gauges import StatsSettings
 from hqm.proto.headers import ForwardingPolicy
 from hqm.proto.limits import Limits
+from hqm.worker.queues import QueueSet
 from hqm.worker.settings import WorkerSettings
 from hqm.worker.upstream import PoolSettings
 
@@ -46,6 +53,50 @@ def worker_settings(values: Effective, *, consumer: str) -> WorkerSettings:
         forwarding=ForwardingPolicy(values["forwarded-headers"], values["trusted-hops"]),
         burst=burst,
         burst_queue_timeout_s=values["burst-timeout"] if burst else 0.0,
+        route_headers={r.name: r.inject_headers for r in route_table(values).routes},
+        replay_key=replay_key(values),
+    )
+
+
+def replay_key(values: Effective) -> bytes | None:
+    """The HQM-Replay key: from --replay-key-file (its bytes, a final newline dropped)
+    or --replay-key; both at once is an error, as is an empty or unreadable file."""
+    file, key = values["replay-key-file"], values["replay-key"]
+    if file is not None and key is not None:
+        raise ConfigError("--replay-key-file and --replay-key: give one of them")
+    if key is not None:
+        return key.encode()
+    if file is None:
+        return None
+    try:
+        with open(file, "rb") as fh:
+            data = fh.read().rstrip(b"\r\n")
+    except OSError as exc:
+        raise ConfigError(f"--replay-key-file {file}: cannot read: {exc.strerror}") from None
+    if not data:
+        raise ConfigError(f"--replay-key-file {file}: the file is empty")
+    return data
+
+
+def route_table(values: Effective) -> RouteTable:
+    """The ``[[routes]]`` of the config file (ConfigError when one is wrong)."""
+    config = values.config
+    return build_routes(
+        config.path if config else "",
+        config.routes if config else (),
+        upstreams=values.upstreams,
+        env=values.env,
+        # (the worker's --queue may name several: routes only name queues the proxy
+        # writes to, so its first stands in for the default route's here)
+        default_queue=_queue_set(values["queue"]).names[0],
+    )
+
+
+def stats_settings(values: Effective) -> StatsSettings:
+    """The hqm_queue_* gauges: consumers are alive within the visibility timeout (on
+    ``hqm proxy`` with Redis, where the worker options are refused: its default)."""
+    return StatsSettings(
+        interval_s=values["stats-interval"], alive_within_s=values["visibility-timeout"]
     )
 
 
@@ -71,20 +122,53 @@ def proxy_settings(values: Effective) -> ProxySettings:
         max_connections=values["max-connections"],
         result_ttl_s=values["result-ttl"],
         drain_timeout_s=values["drain-timeout"],
+        idempotency_ttl_s=values["idempotency-ttl"],
+        max_delay_s=values["max-delay"],
         embedded_worker=None if redis_url else worker_settings(values, consumer="embedded"),
+        stats=stats_settings(values),
         upstreams=values.upstreams,
+        routes=route_table(values),
+        openhqm_api=values["openhqm-api"],
+        transparent=values["transparent"],
+        replay_key=replay_key(values),
+        openhqm_target=values["openhqm-target"].encode(),
     )
+
+
+def _queue_set(value: QueueSet | str) -> QueueSet:
+    """``hqm worker --queue``. A top-level ``queue`` key of the file is read once for
+    every command, as the one name ``hqm proxy`` takes: a plain string here."""
+    return value if isinstance(value, QueueSet) else QueueSet.single(value)
 
 
 def worker_run(values: Effective) -> WorkerRun:
     return WorkerRun(
         upstream=values["upstream"],
         redis_url=values["redis"],
-        queue=values["queue"],
+        queues=_queue_set(values["queue"]),
         admin=values["admin"],
         result_ttl_s=values["result-ttl"],
         worker=worker_settings(values, consumer=values["consumer"] or default_consumer()),
         upstreams=values.upstreams,
+        stats=stats_settings(values),
+    )
+
+
+def iptables_run(values: Effective) -> IptablesRun:
+    """``hqm iptables``: one plan for IPv4, and one for IPv6 with ``--ipv6``."""
+    families = (Family.IPV4, Family.IPV6) if values["ipv6"] else (Family.IPV4,)
+    plans = tuple(
+        InboundPlan(
+            proxy_port=values["proxy-port"],
+            admin_port=values["admin-port"],
+            redirect_ports=values["ports"],
+            exclude_ports=values["exclude-ports"],
+            family=family,
+        )
+        for family in families
+    )
+    return IptablesRun(
+        plans=plans, mode=values["mode"], dry_run=values["dry-run"], cleanup=values["cleanup"]
     )
 
 

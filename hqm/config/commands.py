@@ -5,5 +5,9 @@ own (to keep modules small) is registered here, and only here."""
 from __future__ import annotations
 
 from hqm.config.tables import DLQ, PROXY, WORKER, Command
+from hqm.config.tables_iptables import IPTABLES
+from hqm.config.tables_status import STATUS
 
-COMMANDS: dict[str, Command] = {command.name: command for command in (PROXY, WORKER, DLQ)}
+COMMANDS: dict[str, Command] = {
+    command.name: command for command in (PROXY, WORKER, DLQ, IPTABLES, STATUS)
+}

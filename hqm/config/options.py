@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hqm.io.address import parse_listen, parse_upstream
+from hqm.worker.queues import MAX_NAME_LEN, QueueSet, check_queue_name, parse_queue_set
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,9 @@ class Option:
     parse: Parse
     #: Given as a bare switch (``--burst``), or as ``--x/--no-x`` when negatable.
     switch: bool = False
+    #: The flag may be repeated (its values reach ``parse`` as a tuple), and the file
+    #: value may be a list.
+    multiple: bool = False
     negatable: bool = False
     required: bool = False
     #: Also read from ``HQM_<FLAG>`` and top-level file keys (proxy and worker share it).
@@ -72,6 +76,8 @@ class Option:
         """A TOML value: its type must be the option's own (``max_body = "5"`` is an
         error, though ``--max-body 5`` is text like every flag)."""
         types = _FILE_TYPES.get(self.kind, (str,))
+        if self.multiple:
+            types = (*types, list)
         if not isinstance(raw, types) or (bool not in types and isinstance(raw, bool)):
             names = " or ".join(_TOML_NAMES[t] for t in types)
             raise ValueError(f"expected {names}, got {type(raw).__name__} {raw!r}")
@@ -88,7 +94,13 @@ _FILE_TYPES: dict[str, tuple[type, ...]] = {
     "req/s": (int, float),
     "bool": (bool,),
 }
-_TOML_NAMES = {int: "an integer", float: "a float", bool: "true or false", str: "a string"}
+_TOML_NAMES = {
+    int: "an integer",
+    float: "a float",
+    bool: "true or false",
+    str: "a string",
+    list: "a list",
+}
 
 
 def show(value: Any) -> str:
@@ -184,6 +196,16 @@ def text(*, empty_ok: bool = False, max_len: int = 200) -> Parse:
         return raw
 
     return parse
+
+
+def queue_name(raw: Any) -> str:
+    """One queue name (no ',' or '=': those are ``hqm worker``'s several queues)."""
+    return check_queue_name(text(max_len=MAX_NAME_LEN)(raw))
+
+
+def queue_set(raw: Any) -> QueueSet:
+    """``hqm worker --queue``: one queue, or several (``hqm.worker.queues``)."""
+    return parse_queue_set(raw)
 
 
 def _string(raw: Any) -> str:

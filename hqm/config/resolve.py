@@ -69,6 +69,8 @@ class Effective:
     settings: tuple[Setting, ...]
     #: The --config file read (None: none given).
     config: ConfigFile | None = None
+    #: The environment it was resolved in (``${ENV}`` in injected route headers).
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def upstreams(self) -> Mapping[str, Address]:
@@ -182,7 +184,7 @@ def resolve(command: Command, flags: Mapping[str, Any], env: Mapping[str, str]) 
                 "of the --config file)"
             )
         settings.append(setting)
-    effective = Effective(command, tuple(settings), config)
+    effective = Effective(command, tuple(settings), config, env)
     _check_embedded_only(effective)
     return effective
 

@@ -26,6 +26,10 @@ from hqm.config.options import (
     text,
     upstream_address,
 )
+from hqm.config.tables_admission import ADMISSION
+from hqm.config.tables_openhqm import OPENHQM_API
+from hqm.config.tables_queue import QUEUE, WORKER_QUEUE
+from hqm.config.tables_transparent import REPLAY, TRANSPARENT
 from hqm.proto import limits as L
 
 REPLY_MODES = ("async", "wait", "fire")
@@ -75,14 +79,6 @@ UPSTREAM = Option(
     required=True,
     shared=True,
 )
-QUEUE = Option(
-    "queue",
-    "name",
-    "default",
-    "Queue name.",
-    text(max_len=100),
-    shared=True,
-)
 RESULT_TTL = Option(
     "result-ttl",
     "seconds",
@@ -105,6 +101,14 @@ LOG_LEVEL = Option(
     "info",
     f"JSON logs on stderr: {', '.join(LOG_LEVELS)}.",
     choice(*LOG_LEVELS),
+    shared=True,
+)
+STATS_INTERVAL = Option(
+    "stats-interval",
+    "seconds",
+    5.0,  # below common scrape intervals (15 s+); a read costs a few commands per queue
+    "Seconds between reads of the queue figures (hqm_queue_*) from Redis; 0 = none.",
+    seconds(zero_ok=True),
     shared=True,
 )
 
@@ -169,6 +173,9 @@ _WORKER_LOOP = (
         "Seconds before another worker takes over an unfinished entry.",
         seconds(zero_ok=False),
     ),
+)
+#: How hqm talks to the app: the worker at replay, the proxy for pass-through routes.
+_APP_LINK = (
     Option(
         "connect-timeout",
         "seconds",
@@ -194,7 +201,7 @@ _WORKER_LOOP = (
         "forwarded-headers",
         "bool",
         True,
-        "Write X-Forwarded-For/-Proto/-Host at replay.",
+        "Write X-Forwarded-For/-Proto/-Host at replay and pass-through.",
         boolean,
         switch=True,
         negatable=True,
@@ -233,6 +240,7 @@ PROXY = Command(
             "/metrics, /healthz, /readyz listener; 'off' for none.",
             listen_address(off=True),
         ),
+        STATS_INTERVAL,
         Option(
             "redis",
             "url",
@@ -295,11 +303,16 @@ PROXY = Command(
             "Idle keep-alive connections are closed after this.",
             seconds(zero_ok=False),
         ),
+        *ADMISSION,
+        *OPENHQM_API,
+        TRANSPARENT,
+        *REPLAY,
         RESULT_TTL,
         DRAIN_TIMEOUT,
         LOG_LEVEL,
         CONFIG,
         *(_embedded(option) for option in _WORKER_LOOP),
+        *_APP_LINK,
     ),
 )
 
@@ -317,7 +330,7 @@ WORKER = Command(
             display=redact_url,
         ),
         UPSTREAM,
-        QUEUE,
+        WORKER_QUEUE,
         Option(
             "consumer",
             "name",
@@ -333,6 +346,7 @@ WORKER = Command(
             "/metrics, /healthz, /readyz listener; 'off' for none.",
             listen_address(off=True),
         ),
+        STATS_INTERVAL,
         Option(
             "burst",
             "bool",
@@ -349,6 +363,8 @@ WORKER = Command(
             seconds(zero_ok=False),
         ),
         *_WORKER_LOOP,
+        *_APP_LINK,
+        *REPLAY,
         RESULT_TTL,
         DRAIN_TIMEOUT,
         LOG_LEVEL,

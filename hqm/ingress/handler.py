@@ -1,4 +1,5 @@
-"""The proxy's request handler: reply modes, the queue write, the results API.
+"""The proxy's request handler: reply modes, admission (Idempotency-Key, HQM-Delay:
+hqm.ingress.admission), the queue write; the results API is hqm.ingress.results_api.
 
 A queue failure is the client's 503 with a fixed body (``{"error": "queue unavailable",
 "retry_after": 1}``, or ``"queue full"``): backend details (hosts, ports, driver errors)
@@ -8,101 +9,63 @@ go to the log only, once per run of identical failures, and the recovery is logg
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
+from hqm.ingress.admission import AdmissionError, admit
+from hqm.ingress.openhqm_api import PREFIX as OPENHQM_PREFIX
+from hqm.ingress.openhqm_api import OpenHqmApi
+from hqm.ingress.passthrough import PassThrough
+from hqm.ingress.results_api import API_PREFIX as _API_PREFIX
+from hqm.ingress.results_api import JSON as _JSON
+from hqm.ingress.results_api import REQUESTS_PATH, ResultsApi, record_reply
+from hqm.ingress.results_api import RETRY_AFTER as _RETRY_AFTER
+from hqm.ingress.results_api import UNAVAILABLE as _UNAVAILABLE
+from hqm.ingress.results_api import Trouble as _Trouble
+from hqm.ingress.results_api import json_reply as _json_reply
+from hqm.ingress.routes import Decision, Route
 from hqm.ingress.settings import ProxySettings
 from hqm.io.http_server import Peer, Reply
+from hqm.io.streams import BodyStream, ResponseStream
 from hqm.ops.metrics import ProxyMetrics
-from hqm.proto.envelope import RequestRecord, ResponseRecord
-from hqm.proto.headers import REQUEST_ID, result_response_headers
+from hqm.proto.envelope import RequestRecord
+from hqm.proto.headers import REQUEST_ID, header_value
 from hqm.proto.limits import RETRY_AFTER_S
 from hqm.proto.prefer import parse_prefer
+from hqm.proto.replay_token import HEADER, verify
 from hqm.proto.server import RequestHead
-from hqm.queue.base import Queue, QueueError, QueueFull, Status
+from hqm.queue.base import Queue, QueueError, QueueFull
 
-REQUESTS_PATH = b"/_hqm/requests/"
-_API_PREFIX = b"/_hqm/"
-_ID_RE = re.compile(rb"[0-9a-f]{32}")
-_JSON = (b"Content-Type", b"application/json")
-_RETRY_AFTER = (b"Retry-After", str(RETRY_AFTER_S).encode())
-_PENDING = frozenset({Status.QUEUED, Status.PROCESSING, Status.RETRYING})
-_UNAVAILABLE = {"error": "queue unavailable", "retry_after": RETRY_AFTER_S}
 _FULL = {"error": "queue full", "retry_after": RETRY_AFTER_S}
+_CONFLICT = {
+    "error": "Idempotency-Key already used for another request",
+    "header": "Idempotency-Key",
+}
 
 log = logging.getLogger("hqm.ingress")
+#: Transparent mode: a port no app is configured on (502, never dialled); a worker's
+#: signed replay (straight to the app, as it was already queued once).
+_NO_APP = Route(name="transparent", action="reject", status=502)
+_REPLAY = Route(name="replay", action="pass")
+REPLAY_HEADER_LOWER = HEADER.lower()
+
+
+def without_replay(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers without any HQM-Replay: only a proxy reads it, nothing stores it."""
+    for name, _ in headers:
+        if name.lower() == REPLAY_HEADER_LOWER:
+            return tuple(h for h in headers if h[0].lower() != REPLAY_HEADER_LOWER)
+    return headers
 
 
 def new_request_id() -> str:
     """128 random bits, hex: unguessable, so the id is the capability to read the result."""
     return secrets.token_hex(16)
-
-
-def _json_reply(status: int, payload: dict, *extra: tuple[bytes, bytes]) -> Reply:
-    return Reply(status, [_JSON, *extra], orjson.dumps(payload))
-
-
-def record_reply(
-    request_id: str,
-    record: ResponseRecord,
-    *extra: tuple[bytes, bytes],
-    method: bytes,
-    answered: bytes = b"",
-) -> Reply:
-    """A stored app response, as the client asking with ``method`` gets it.
-
-    ``answered``: the method of the request the app answered (default: what the record
-    says). An answer to HEAD has no body: read with HEAD the client gets the app's
-    status and headers exactly as sent; read with another method, the framing of the
-    empty body it carries (Content-Length: 0) and ``HQM-Original-Method: HEAD``. Other
-    answers go to a HEAD framed as to a GET. A record of unknown method (stored before
-    the method was kept) with an empty body keeps its headers for a HEAD, as before.
-    A response hqm made up (``record.error`` set) without a phrase gets the standard one.
-    """
-    answered = answered or record.request_method
-    head_answer = answered == b"HEAD" or (not answered and not record.body)
-    original = b"HEAD" if answered == b"HEAD" and method != b"HEAD" else None
-    headers = result_response_headers(
-        record.headers, request_id=request_id, original_method=original
-    )
-    headers.extend(extra)
-    reason = record.reason if record.error is None or record.reason else None
-    return Reply(record.status, headers, record.body, reason, frame_from_body=not head_answer)
-
-
-class _Trouble:
-    """Queue failures of one operation, for the log: the first of a run of identical
-    failures with its detail (not one line, nor a traceback, per request), and the
-    recovery with the number of requests that failed meanwhile."""
-
-    __slots__ = ("_detail", "_op", "failing", "failures")
-
-    def __init__(self, op: str) -> None:
-        self._op = op
-        self._detail = ""
-        self.failing = False
-        self.failures = 0
-
-    def failed(self, exc: Exception) -> None:
-        self.failures += 1
-        detail = f"{type(exc).__name__}: {exc}"
-        if not self.failing or detail != self._detail:
-            self.failing, self._detail = True, detail
-            log.warning(
-                "queue %s failed: %s (clients get 503; not logged again until it changes)",
-                self._op,
-                detail,
-            )
-
-    def recovered(self) -> None:
-        failures = "1 failure" if self.failures == 1 else f"{self.failures} failures"
-        log.info("queue %s works again after %s", self._op, failures)
-        self.failing, self._detail, self.failures = False, "", 0
 
 
 class ProxyHandler:
@@ -113,36 +76,89 @@ class ProxyHandler:
         settings: ProxySettings,
         metrics: ProxyMetrics,
         wall_clock: Callable[[], float] = time.time,
+        queues: Mapping[str, Queue] | None = None,
+        passthrough: PassThrough | None = None,
     ) -> None:
         self._queue = queue
+        #: By name, every queue a route names (the default queue among them).
+        self._queues = dict(queues or {})
+        self._queues.setdefault(queue.name, queue)
+        self._routes = settings.routes
+        self._api_decision = Decision(settings.routes.default, "queue")
+        self._pass = passthrough
+        #: Transparent mode: the configured app of each port ("default" first).
+        self._by_port = {address.port: name for name, address in settings.upstreams.items()}
+        self._by_port[settings.upstream.port] = "default"
+        self._replay_key = settings.replay_key
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
         self._counters: dict[tuple[str, str], Any] = {}
+        self._route_counters: dict[tuple[str, str], Any] = {}
         self._enqueue_trouble = _Trouble("enqueue")
         self._wait_trouble = _Trouble("wait")
-        self._results_trouble = _Trouble("results read")
+        self._results = ResultsApi(queues=[queue, *self._queues.values()], wall_clock=wall_clock)
+        #: The original OpenHQM's API on /api/v1/ (--openhqm-api), None when off.
+        self._openhqm = (
+            OpenHqmApi(queue=queue, settings=settings, metrics=metrics, wall_clock=wall_clock)
+            if settings.openhqm_api
+            else None
+        )
 
-    async def __call__(self, head: RequestHead, body: bytes, peer: Peer) -> Reply:
+    async def __call__(
+        self, head: RequestHead, body: bytes, peer: Peer, decision: object = None
+    ) -> Reply:
         if head.target.startswith(_API_PREFIX):
-            return await self._api(head)
-        mode, wait_s, applied = self._reply_mode(head)
+            return await self._results(head)
+        if self._openhqm is not None and head.target.startswith(OPENHQM_PREFIX):
+            return await self._openhqm(head, body, peer)
+        if not isinstance(decision, Decision):
+            decision = self._api_decision
+        route = decision.route
+        if decision.action == "reject":
+            self._route_count(route.name, "reject")
+            self._count("reject", "refused")
+            error = decision.error or "refused by route"
+            return _json_reply(route.status, {"error": error, "route": route.name})
+        self._route_count(route.name, "queue")
+        queue = self._queues[route.queue]
+        mode, wait_s, applied = self._reply_mode(head, route)
+        received_at = self._now()
+        try:
+            admitted = admit(
+                head,
+                body,
+                route="" if route is self._routes.default else route.name,
+                now=received_at,
+                idempotency_ttl_s=self._settings.idempotency_ttl_s,
+                max_delay_s=self._settings.max_delay_s,
+            )
+        except AdmissionError as exc:
+            self._count(mode, "refused")
+            return _json_reply(400, exc.payload)
+        if admitted.not_before > received_at and mode == "wait":
+            mode, applied = "async", b""  # its answer cannot come within the wait
         request_id = new_request_id()
         record = RequestRecord(
             id=request_id,
             method=head.method,
             target=head.target,
-            headers=head.headers,
+            headers=without_replay(admitted.headers),
             body=body,
             http_version=head.http_version,
             client=peer.host,
-            received_at=self._now(),
-            reply_to=self._queue.reply_channel if mode == "wait" else "",
+            received_at=received_at,
+            not_before=admitted.not_before,
+            reply_to=queue.reply_channel if mode == "wait" else "",
             mode=mode,
+            upstream=decision.upstream,
+            timeout_s=route.timeout_s,
+            max_attempts=route.max_attempts,
+            route="" if route is self._routes.default else route.name,
         )
         started = time.perf_counter()
         try:
-            await self._queue.enqueue(record)
+            enqueued = await queue.enqueue(record, idempotency=admitted.idempotency)
         except QueueError as exc:
             self._enqueue_trouble.failed(exc)
             full = isinstance(exc, QueueFull)
@@ -151,9 +167,13 @@ class ProxyHandler:
         if self._enqueue_trouble.failing:
             self._enqueue_trouble.recovered()
         self._metrics.enqueue_seconds.observe(time.perf_counter() - started)
+        if enqueued.conflict:
+            self._count(mode, "conflict")
+            return _json_reply(422, _CONFLICT)
+        request_id = enqueued.request_id  # a duplicate's: the first request's
         if mode == "wait":
             try:
-                result = await self._queue.wait_result(request_id, wait_s)
+                result = await queue.wait_result(request_id, wait_s)
             except QueueError as exc:
                 self._wait_trouble.failed(exc)
                 result = None  # the request is safely queued: answer as async
@@ -170,6 +190,13 @@ class ProxyHandler:
         self._count(mode, "accepted")
         return self._accepted(request_id, mode, applied)
 
+    def _route_count(self, route: str, action: str) -> None:
+        counter = self._route_counters.get((route, action))
+        if counter is None:
+            counter = self._metrics.routed.labels(route, action)
+            self._route_counters[route, action] = counter
+        counter.inc()
+
     def _count(self, mode: str, outcome: str) -> None:
         """Count a request; labelled children are looked up once, not per request."""
         counter = self._counters.get((mode, outcome))
@@ -177,7 +204,43 @@ class ProxyHandler:
             counter = self._counters[mode, outcome] = self._metrics.requests.labels(mode, outcome)
         counter.inc()
 
-    def _reply_mode(self, head: RequestHead) -> tuple[str, float, bytes]:
+    def classify(self, head: RequestHead, peer: Peer) -> Decision:
+        """What becomes of a request, from its head (the server asks before the body)."""
+        if head.target.startswith(_API_PREFIX) or (
+            self._openhqm is not None and head.target.startswith(OPENHQM_PREFIX)
+        ):
+            return self._api_decision
+        dialled = None
+        if peer.original_port is not None:  # transparent, and the client was redirected
+            dialled = self._by_port.get(peer.original_port)
+            if dialled is None:  # never dialled: nobody configured an app on that port
+                error = f"no app is configured for port {peer.original_port}"
+                return Decision(_NO_APP, "reject", error=error)
+        if self._replay_key is not None:
+            token = header_value(head.headers, REPLAY_HEADER_LOWER)
+            if token is not None and verify(self._replay_key, token, self._now()) is not None:
+                return Decision(_REPLAY, "pass", dialled)  # a worker's replay: to the app
+        decision = self._routes.decide(head, peer.host)
+        return decision if dialled is None else replace(decision, dialled=dialled)
+
+    async def stream(
+        self,
+        head: RequestHead,
+        decision: Decision,
+        peer: Peer,
+        body: BodyStream,
+        out: ResponseStream,
+    ) -> None:
+        """A request passed straight to the app, both bodies streamed."""
+        route = decision.route
+        self._route_count(route.name, "pass")
+        self._count("pass", "passed")
+        assert self._pass is not None
+        await self._pass.relay(
+            head, decision.upstream, route.inject_headers, route.timeout_s, peer, body, out
+        )
+
+    def _reply_mode(self, head: RequestHead, route: Route) -> tuple[str, float, bytes]:
         """(mode, wait seconds, Preference-Applied value) for this request."""
         prefer = parse_prefer(head.headers)
         if prefer.respond_async:
@@ -185,7 +248,8 @@ class ProxyHandler:
         if prefer.wait_s is not None:
             wait_s = min(prefer.wait_s, self._settings.max_wait_s)
             return "wait", wait_s, b"wait=%d" % int(wait_s)
-        return self._settings.mode, self._settings.wait_s, b""
+        mode = route.mode or self._settings.mode
+        return mode, self._settings.wait_s if route.wait_s is None else route.wait_s, b""
 
     def _accepted(self, request_id: str, mode: str, applied: bytes) -> Reply:
         headers = [_JSON, (REQUEST_ID, request_id.encode())]
@@ -197,34 +261,3 @@ class ProxyHandler:
         if applied:
             headers.append((b"Preference-Applied", applied))
         return Reply(202, headers, orjson.dumps(payload))
-
-    async def _api(self, head: RequestHead) -> Reply:
-        path = head.target.split(b"?", 1)[0]
-        if not path.startswith(REQUESTS_PATH):
-            return _json_reply(404, {"error": "no such hqm endpoint"})
-        if head.method not in (b"GET", b"HEAD"):
-            return _json_reply(405, {"error": "use GET"}, (b"Allow", b"GET, HEAD"))
-        request_id = path[len(REQUESTS_PATH) :]
-        if not _ID_RE.fullmatch(request_id):
-            return _json_reply(404, {"error": "unknown or expired request id"})
-        rid = request_id.decode()
-        result = None
-        try:
-            state = await self._queue.state(rid)
-            if state is not None and state.status not in _PENDING:
-                result = await self._queue.fetch_result(rid)
-        except QueueError as exc:
-            self._results_trouble.failed(exc)
-            return _json_reply(503, _UNAVAILABLE, _RETRY_AFTER)
-        if self._results_trouble.failing:
-            self._results_trouble.recovered()
-        if state is None:
-            return _json_reply(404, {"error": "unknown or expired request id", "id": rid})
-        if state.status in _PENDING:
-            payload = {"id": rid, "status": state.status.value, "attempts": state.attempts}
-            if state.error:
-                payload["error"] = state.error
-            return _json_reply(202, payload, _RETRY_AFTER)
-        if result is None:
-            return _json_reply(404, {"error": "unknown or expired request id", "id": rid})
-        return record_reply(rid, result, method=head.method)

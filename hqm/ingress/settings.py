@@ -6,8 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hqm.ingress.passthrough import PassSettings
+from hqm.ingress.routes import RouteTable
 from hqm.io.address import Address
-from hqm.proto.limits import Limits
+from hqm.ops.queue_gauges import StatsSettings
+from hqm.proto.headers import ForwardingPolicy
+from hqm.proto.limits import IDEMPOTENCY_TTL_S, MAX_DELAY_S, Limits
 from hqm.worker.settings import WorkerSettings
 
 REPLY_MODES = ("async", "wait", "fire")
@@ -33,5 +37,27 @@ class ProxySettings:
     result_ttl_s: float
     drain_timeout_s: float
     embedded_worker: WorkerSettings | None = None
+    #: How long an Idempotency-Key is remembered; the furthest HQM-Delay/-Not-Before
+    #: (set from the options table; these defaults only serve settings built by hand).
+    idempotency_ttl_s: float = IDEMPOTENCY_TTL_S
+    max_delay_s: float = MAX_DELAY_S
+    #: The hqm_queue_* gauges, with Redis (None: none).
+    stats: StatsSettings | None = None
     #: ``[upstreams]`` of the config file, by name, besides ``upstream`` ("default").
     upstreams: Mapping[str, Address] = field(default_factory=dict)
+    #: The original OpenHQM's API on /api/v1/ (``hqm.ingress.openhqm_api``), and the
+    #: request-target its submits go to on ``upstream`` (set from the options table;
+    #: these defaults only serve settings built by hand).
+    openhqm_api: bool = False
+    #: Behind ``hqm iptables``: each connection goes to the app on the port it dialled.
+    transparent: bool = False
+    #: The key of HQM-Replay (None: no replay is recognised; the header is dropped).
+    replay_key: bytes | None = None
+    openhqm_target: bytes = b"/"
+    #: ``[[routes]]``, then the default route (queue to ``queue`` in ``mode``).
+    routes: RouteTable = field(default_factory=RouteTable)
+    #: How pass-through routes reach the app.
+    passthrough: PassSettings = field(default_factory=PassSettings)
+    forwarding: ForwardingPolicy = field(
+        default_factory=lambda: ForwardingPolicy(enabled=True, trusted_hops=0)
+    )

@@ -12,8 +12,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hqm.io.clock import Clock, LoopClock, Timer
+from hqm.io.connections import ConnectionTracker
+from hqm.io.http_streaming import StreamingMixin
+from hqm.io.original_dst import original_port
+from hqm.io.streams import BodyStream, StreamHandler
 from hqm.proto.limits import RETRY_AFTER_S, Limits
 from hqm.proto.server import (
     PeerClosed,
@@ -21,6 +26,7 @@ from hqm.proto.server import (
     Rejected,
     RequestHead,
     RequestReceived,
+    RequestStarted,
     ServerConnection,
     too_many_connections,
 )
@@ -46,46 +52,52 @@ class Reply:
 class Peer:
     host: str
     port: int
+    #: Transparent mode: the port the client dialled before ``hqm iptables`` redirected
+    #: it (None: not redirected, or not transparent).
+    original_port: int | None = None
 
 
 #: A handler answers with a Reply, or with an awaitable of one (a coroutine, or a
-#: Future it resolves from a callback).
-Handler = Callable[[RequestHead, bytes, Peer], Reply | Awaitable[Reply]]
+#: Future it resolves from a callback). Its last argument is what the listener's
+#: ``Routing.classify`` said of the head (None without routing).
+Handler = Callable[[RequestHead, bytes, Peer, Any], Reply | Awaitable[Reply]]
 _INTERNAL_ERROR = Reply(500, [(b"Content-Type", b"text/plain")], b"internal error\n")
 
 
-class ConnectionTracker:
-    """Every open connection of one listener, for graceful shutdown; past
-    ``max_connections`` (0: no limit) a new connection gets a 503 and is closed."""
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Per-request decisions made from the head: ``classify(head, peer)``; a decision
+    whose ``stream`` is true is handed to ``stream`` with its body still arriving."""
 
-    def __init__(self, max_connections: int = 0) -> None:
-        self.connections: set[HttpProtocol] = set()
-        self.draining = False
-        self.max_connections = max_connections
-
-    async def drain(self, timeout_s: float) -> None:
-        """Close idle connections now; let busy ones finish (then close) up to ``timeout_s``."""
-        self.draining = True
-        for conn in list(self.connections):
-            conn.close_if_idle()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.connections and loop.time() < deadline:
-            busy = [c.closed for c in self.connections]
-            await asyncio.wait(busy, timeout=deadline - loop.time())
-        for conn in list(self.connections):
-            conn.abort()
+    classify: Callable[[RequestHead, Peer], Any]
+    stream: StreamHandler
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(StreamingMixin, asyncio.Protocol):
+    #: What a streamed request gets when its handler fails before answering.
+    bad_gateway = Reply(502, [(b"Content-Type", b"text/plain")], b"bad gateway\n")
+
     def __init__(
-        self, handler: Handler, *, limits: Limits, tracker: ConnectionTracker, clock: Clock
+        self,
+        handler: Handler,
+        *,
+        limits: Limits,
+        tracker: ConnectionTracker,
+        clock: Clock,
+        routing: Routing | None = None,
+        transparent: bool = False,
     ) -> None:
         self._handler = handler
+        self._transparent = transparent
         self._limits = limits
         self._tracker = tracker
         self._clock = clock
-        self._conn = ServerConnection(limits)
+        self._routing = routing
+        classify = None if routing is None else (lambda head: routing.classify(head, self._peer))
+        self._conn = ServerConnection(limits, classify)
+        #: The streamed body being received (pass-through), and the answer's drain wait.
+        self._body: BodyStream | None = None
+        self._drained: asyncio.Future[None] | None = None
         self._transport: asyncio.Transport | None = None
         self._peer = Peer("", 0)
         #: The answer being prepared for the current request (a Task for a coroutine
@@ -118,7 +130,8 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self._limits.write_high_water)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
-            self._peer = Peer(str(peer[0]), int(peer[1]))
+            dialled = original_port(transport) if self._transparent else None
+            self._peer = Peer(str(peer[0]), int(peer[1]), dialled)
         self._tracker.connections.add(self)
         self._process()
 
@@ -126,6 +139,9 @@ class HttpProtocol(asyncio.Protocol):
         if self._lingering:
             return  # the rest of a refused request: read and dropped
         self._conn.receive_data(data)
+        if self._body is not None:
+            self._pump_body()
+            return
         if self._pending is not None:
             # Bytes while a request is in hand (pipelining): h11 keeps them; read no
             # more until the answer is out. Pausing only now, not for every request,
@@ -139,12 +155,18 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
             return False
         self._conn.receive_data(b"")
-        self._process()
+        if self._body is not None:
+            self._pump_body()
+        else:
+            self._process()
         return True  # keep the write side open until our answer is out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._tracker.connections.discard(self)
+        if self._body is not None:
+            self._body.fail("client closed the connection")
+        self._wake_writer()
         if self._pending is not None and not self._pending.done():
             self._pending.cancel()  # a waiting client left; its request stays queued
         if not self.closed.done():
@@ -156,8 +178,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._pending is None:
-            self._resume_reading()
+        self._wake_writer()
+        body = self._body
+        if self._pending is None or (body is not None and not body.full):
+            self._resume_reading()  # (a streamed body still arriving is read on)
 
     # --- the loop between bytes and events ------------------------------------
     def _process(self) -> None:
@@ -169,6 +193,9 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.write(out)
         if isinstance(event, RequestReceived):
             self._dispatch(event)
+            return
+        elif isinstance(event, RequestStarted):
+            self._start_stream(event)
             return
         elif isinstance(event, Rejected):
             self._linger()
@@ -188,7 +215,7 @@ class HttpProtocol(asyncio.Protocol):
         """
         self._served = True
         try:
-            result = self._handler(event.head, event.body, self._peer)
+            result = self._handler(event.head, event.body, self._peer, event.decision)
         except Exception:
             log.exception("handler failed for %r", event.head.target)
             result = _INTERNAL_ERROR
@@ -222,6 +249,9 @@ class HttpProtocol(asyncio.Protocol):
             frame_from_body=reply.frame_from_body,
         )
         self._transport.write(self._conn.data_to_send())
+        self._answered()
+
+    def _answered(self) -> None:
         if self._conn.must_close:
             self._linger()  # close in stages (RFC 9112 9.6): pipelined bytes get no RST
         elif self._tracker.draining:
@@ -339,14 +369,26 @@ async def serve(
     tracker: ConnectionTracker,
     clock: Clock | None = None,
     backlog: int = 4096,
+    routing: Routing | None = None,
+    transparent: bool = False,
 ) -> asyncio.Server:
     """Start listening; the returned server is already serving."""
     clock = clock or LoopClock()
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: HttpProtocol(handler, limits=limits, tracker=tracker, clock=clock),
+        lambda: HttpProtocol(
+            handler,
+            limits=limits,
+            tracker=tracker,
+            clock=clock,
+            routing=routing,
+            transparent=transparent,
+        ),
         host,
         port,
         backlog=backlog,
         reuse_address=True,
     )
+
+
+__all__ = ["ConnectionTracker", "HttpProtocol", "Peer", "Reply", "Routing", "serve"]

@@ -25,7 +25,9 @@ class AdminHandler:
         self._ready = ready
         self._refresh = refresh
 
-    async def __call__(self, head: RequestHead, body: bytes, peer: Peer) -> Reply:
+    async def __call__(
+        self, head: RequestHead, body: bytes, peer: Peer, decision: object = None
+    ) -> Reply:
         path = head.target.split(b"?", 1)[0]
         if path == b"/healthz":
             return Reply(200, [_TEXT], b"ok\n")

@@ -25,12 +25,15 @@ HOP_BY_HOP = frozenset(
 )
 REQUEST_ID = b"HQM-Request-Id"
 _REQUEST_ID_LOWER = REQUEST_ID.lower()
+#: Headers only hqm writes: what a peer sent under these names goes no further (the
+#: request id; a replay's signature, which each replay mints anew).
+_PROXY_OWNED = frozenset({_REQUEST_ID_LOWER, b"hqm-replay"})
 
 
 def strip_hop_by_hop(headers: Iterable[Header]) -> list[Header]:
     """Return ``headers`` without hop-by-hop fields, order and case kept.
 
-    Also drops any ``HQM-Request-Id`` a peer sent: the proxy owns that header.
+    Also drops any ``HQM-Request-Id`` or ``HQM-Replay`` a peer sent: hqm owns those.
     """
     headers = list(headers)
     named: set[bytes] = set()
@@ -38,7 +41,7 @@ def strip_hop_by_hop(headers: Iterable[Header]) -> list[Header]:
         if name.lower() == b"connection":
             named.update(token.strip().lower() for token in value.split(b","))
     named.discard(b"host")  # "Connection: host" must not make a request unroutable
-    drop = HOP_BY_HOP | named | {_REQUEST_ID_LOWER}
+    drop = HOP_BY_HOP | named | _PROXY_OWNED
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
@@ -80,22 +83,27 @@ _FORWARDED_SET = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 def upstream_request_headers(
     headers: Iterable[Header],
     *,
-    body_length: int,
+    body_length: int | None,
     request_id: str,
     forwarded: ForwardedInfo,
     default_host: bytes = b"",
 ) -> list[Header]:
-    """Headers to send to the app for a stored request.
+    """Headers to send to the app for a stored request, or (``body_length`` None) for
+    one whose body is streamed through as it arrives.
 
     Hop-by-hop fields go, Content-Length is set to the stored (de-chunked) body's length
-    in the place the client put it (appended when the client sent chunked),
+    in the place the client put it (appended when the client sent chunked); streamed,
+    the client's Content-Length stays and a chunked body goes on chunked;
     X-Forwarded-* are written by ``forwarded.policy`` and HQM-Request-Id added last;
     a request without Host (HTTP/1.0) gets ``default_host``.
     """
     policy = forwarded.policy
+    headers = tuple(headers)
     out = strip_hop_by_hop(headers)
     if policy.enabled and not policy.trusted_hops:  # a client's own claims are dropped
         out = [(name, value) for name, value in out if name.lower() not in _FORWARDED_SET]
+    streamed = body_length is None
+    chunked = streamed and header_value(headers, b"transfer-encoding") is not None
     has_length = False
     xff_index = -1
     host = None
@@ -103,7 +111,8 @@ def upstream_request_headers(
     for i, (name, value) in enumerate(out):
         lower = name.lower()
         if lower == b"content-length":
-            out[i] = (name, str(body_length).encode())
+            if not streamed:
+                out[i] = (name, str(body_length).encode())
             has_length = True
         elif lower == b"x-forwarded-for":
             xff_index = i
@@ -117,7 +126,9 @@ def upstream_request_headers(
         # An HTTP/1.0 request may come without Host; the replay is HTTP/1.1, which
         # requires one (RFC 9112 3.2): the app's own address, first as is usual.
         out.insert(0, (b"Host", default_host))
-    if not has_length and body_length:
+    if chunked:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    elif not has_length and body_length:
         out.append((b"Content-Length", str(body_length).encode()))
     if policy.enabled:
         client = forwarded.client.encode()
@@ -132,6 +143,16 @@ def upstream_request_headers(
             out.append((b"X-Forwarded-Host", host))
     out.append((REQUEST_ID, request_id.encode()))
     return out
+
+
+def with_injected(headers: list[Header], inject: Iterable[Header]) -> list[Header]:
+    """A route's ``inject_headers`` added, replacing any header of the same names (the
+    app gets the credentials the route holds, never a client's own)."""
+    inject = tuple(inject)
+    if not inject:
+        return headers
+    names = {name.lower() for name, _ in inject}
+    return [(n, v) for n, v in headers if n.lower() not in names] + list(inject)
 
 
 def client_response_headers(headers: Iterable[Header], *, request_id: str) -> list[Header]:

@@ -57,6 +57,16 @@ KEEP_ALIVE_MARGIN_S = 0.5
 DRAIN_TIMEOUT_S = 30.0
 #: How long a finished result stays collectable.
 RESULT_TTL_S = 24 * 3600
+#: How long an Idempotency-Key is remembered: 24 h, as Stripe keeps keys, and equal to
+#: the default result TTL, so a resend within the window can still read the first
+#: request's answer (a longer window would hand out ids whose results expired).
+IDEMPOTENCY_TTL_S = 24 * 3600.0
+#: Longest Idempotency-Key, in characters: 255, as Stripe's (a UUID has 36).
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+#: Furthest HQM-Delay / HQM-Not-Before: 30 days, Google Cloud Tasks' bound on a task's
+#: schedule time. A scheduled request waits in Redis memory; further out a scheduler
+#: is the better tool, and a typo ("3600000") is refused instead of kept for months.
+MAX_DELAY_S = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,83 +12,40 @@ unless the caller passes the app's own (kept as given, even empty).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
-from http import HTTPStatus
+from typing import Any
 
 import h11
 
-from hqm.proto.envelope import Headers
 from hqm.proto.errors import ProtocolError
+from hqm.proto.events import (
+    AWAITING_RESPONSE,
+    BODY_END,
+    NEED_DATA,
+    PEER_CLOSED,
+    AwaitingResponse,
+    BodyChunk,
+    BodyEnd,
+    Classify,
+    Event,
+    NeedData,
+    PeerClosed,
+    Phase,
+    Rejected,
+    RequestHead,
+    RequestReceived,
+    RequestStarted,
+)
+from hqm.proto.framing import raw_error, reason_phrase, too_many_connections, with_content_length
 from hqm.proto.limits import Limits
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-_PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
-
-
-def reason_phrase(status: int) -> bytes:
-    """The standard reason phrase of ``status`` (b"" for a code HTTPStatus does not know)."""
-    return _PHRASES.get(status, b"")
-
-
-class Phase(Enum):
-    """Where the connection is, for the IO layer's timers."""
-
-    IDLE = "idle"  # between requests, nothing buffered: idle keep-alive timeout
-    HEAD = "head"  # part of a request head received: header timeout
-    BODY = "body"  # head accepted, body arriving: body timeout
-    RESPONDING = "responding"  # request complete, our answer is pending: no timer
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    method: bytes
-    target: bytes
-    #: (raw-case name, value) in received order.
-    headers: Headers
-    http_version: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
-    head: RequestHead
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """The request was refused; an error response is queued and the connection closes."""
-
-    status: int
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class NeedData:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class AwaitingResponse:
-    """A request is complete; nothing more is parsed until ``send_response``."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerClosed:
-    pass
-
-
-Event = RequestReceived | Rejected | NeedData | AwaitingResponse | PeerClosed
-NEED_DATA = NeedData()
-AWAITING_RESPONSE = AwaitingResponse()
-PEER_CLOSED = PeerClosed()
 
 
 _VERSIONS = frozenset({b"1.0", b"1.1"})
 
 
-def _check_head(request: h11.Request, limits: Limits) -> None:
+def _check_head(request: h11.Request, limits: Limits) -> int:
+    """Refuse what a proxy must not pass on; returns the declared Content-Length (0)."""
     if request.http_version not in _VERSIONS:
         raise ProtocolError("only HTTP/1.0 and HTTP/1.1 are spoken here", error_status_hint=505)
     has_te = has_cl = False
@@ -113,15 +70,19 @@ def _check_head(request: h11.Request, limits: Limits) -> None:
         raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", error_status_hint=400)
     if request.method == b"CONNECT":
         raise ProtocolError("CONNECT is not supported", error_status_hint=501)
-    if length > limits.max_body_bytes:
-        raise ProtocolError("request body too large", error_status_hint=413)
+    return length
 
 
 class ServerConnection:
     """One client connection's HTTP/1.1 state."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, classify: Classify | None = None) -> None:
         self._limits = limits
+        self._classify = classify
+        #: The decision of the request being read; streaming: its body is passed on.
+        self._decision: Any = None
+        self._streaming = False
+        self._bodyless = False
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._head: RequestHead | None = None
         #: Method of the request being answered (known before its head is accepted).
@@ -174,8 +135,8 @@ class ServerConnection:
                 return AWAITING_RESPONSE
             if isinstance(event, h11.Request):
                 self._method = event.method
-                _check_head(event, self._limits)
-                self._head = RequestHead(
+                length = _check_head(event, self._limits)
+                head = self._head = RequestHead(
                     method=event.method,
                     target=event.target,
                     headers=tuple(event.headers.raw_items()),
@@ -183,6 +144,10 @@ class ServerConnection:
                 )
                 self._body = []
                 self._body_size = 0
+                decision = self._decision = self._classify(head) if self._classify else None
+                self._streaming = bool(getattr(decision, "stream", False))
+                if not self._streaming and length > self._limits.max_body_bytes:
+                    raise ProtocolError("request body too large", error_status_hint=413)
                 if self._h11.they_are_waiting_for_100_continue:
                     self._out.append(
                         self._h11.send(
@@ -191,17 +156,28 @@ class ServerConnection:
                             )
                         )
                     )
+                if self._streaming:
+                    return RequestStarted(head, decision)
             elif isinstance(event, h11.Data):
+                if self._streaming:
+                    return BodyChunk(event.data)
                 self._body_size += len(event.data)
                 if self._body_size > self._limits.max_body_bytes:
                     raise ProtocolError("request body too large", error_status_hint=413)
                 self._body.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 assert self._head is not None
+                if self._streaming:
+                    self._streaming = False
+                    if self._h11.our_state is h11.DONE:
+                        self._next_cycle()  # answered before the body was all in
+                    else:
+                        self._awaiting = True
+                    return BODY_END
                 head, body = self._head, b"".join(self._body)
                 self._body = []
                 self._awaiting = True
-                return RequestReceived(head, body)
+                return RequestReceived(head, body, self._decision)
             elif isinstance(event, h11.ConnectionClosed):
                 self._failed = True
                 return PEER_CLOSED
@@ -257,7 +233,7 @@ class ServerConnection:
         head = self.request_method == b"HEAD"
         no_body_status = status in _NO_BODY_STATUSES or status < 200
         if not no_body_status and (frame_from_body or not head):
-            headers = _with_content_length(headers, len(body))
+            headers = with_content_length(headers, len(body))
         bodyless = head or no_body_status
         if reason is None:
             reason = reason_phrase(status)
@@ -272,15 +248,56 @@ class ServerConnection:
             # A response h11 will not frame (e.g. a bad header from the app): say so.
             self._h11.send_failed()
             self._failed = True
-            self._out.append(_raw_error(502, f"bad upstream response: {exc}", head=head))
+            self._out.append(raw_error(502, f"bad upstream response: {exc}", head=head))
+            return
+        self._next_cycle()
+
+    def _next_cycle(self) -> None:
+        if self._streaming and self._h11.their_state is not h11.DONE:
+            # Answered while the client still sends a streamed body: the rest is not
+            # read; the connection closes after the answer (as nginx's lingering close).
+            self._failed = True
             return
         self._awaiting = False
         self._head = None
         self._method = None
         self._line_start = b""
-        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+        if self._h11.our_state is h11.DONE:
             self._h11.start_next_cycle()
             self._line_start = self._h11.trailing_data[0][:5]  # pipelined: already in
+
+    # --- output, streamed (pass-through) ---------------------------------------
+    def start_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes | None = None
+    ) -> bool:
+        """Begin an answer whose body follows in ``send_body`` calls, framed by the
+        given headers (an app's Content-Length; none: chunked to an HTTP/1.1 client).
+        False when h11 will not frame it: a 502 is queued instead and the connection
+        closes."""
+        if reason is None:
+            reason = reason_phrase(status)
+        try:
+            self._out.append(
+                self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))
+            )
+        except h11.LocalProtocolError as exc:
+            self._h11.send_failed()
+            self._failed = True
+            head = self.request_method == b"HEAD"
+            self._out.append(raw_error(502, f"bad upstream response: {exc}", head=head))
+            return False
+        self._bodyless = self.request_method == b"HEAD" or status in _NO_BODY_STATUSES
+        return True
+
+    def send_body(self, data: bytes) -> None:
+        """More of the answer begun by ``start_response`` (dropped where no body is
+        allowed: HEAD, 204, 304). h11 refuses more bytes than a Content-Length said."""
+        if data and not self._bodyless:
+            self._out.append(self._h11.send(h11.Data(data=data)))
+
+    def end_response(self) -> None:
+        self._out.append(self._h11.send(h11.EndOfMessage()))
+        self._next_cycle()
 
     def time_out(self) -> Rejected:
         """The IO layer's header/body timer fired: answer 408 and close."""
@@ -289,6 +306,11 @@ class ServerConnection:
     def _reject(self, status: int, message: str) -> Rejected:
         """Answer ``status`` with ``message`` as a text body (none for a HEAD), then close."""
         head = self._method == b"HEAD" or (self._method is None and self._line_start == b"HEAD ")
+        if self._h11.our_state in (h11.SEND_BODY, h11.DONE):
+            # A streamed body went wrong after its answer began: nothing more can be
+            # said on this connection but its close.
+            self._failed = True
+            return Rejected(status, message)
         body = message.encode("utf-8", "replace") + b"\n"
         headers = [
             (b"Content-Type", b"text/plain; charset=utf-8"),
@@ -305,43 +327,26 @@ class ServerConnection:
             self._out.append(self._h11.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:  # h11 cannot answer in its state: say it raw
             self._out.clear()
-            self._out.append(_raw_error(status, message, head=head))
+            self._out.append(raw_error(status, message, head=head))
         self._failed = True
         return Rejected(status, message)
 
 
-def _with_content_length(
-    headers: list[tuple[bytes, bytes]], length: int
-) -> list[tuple[bytes, bytes]]:
-    """Content-Length set to the body we send, in place of the first one given (if any)."""
-    value = str(length).encode()
-    out: list[tuple[bytes, bytes]] = []
-    seen = False
-    for name, current in headers:
-        if name.lower() == b"content-length":
-            if not seen:
-                out.append((name, value))
-                seen = True
-            continue
-        out.append((name, current))
-    if not seen:
-        out.append((b"Content-Length", value))
-    return out
-
-
-def _raw_error(status: int, message: str, *, head: bool, extra: bytes = b"") -> bytes:
-    """An error answer written without h11 (it refused to frame one, or no request has
-    come yet); no body for HEAD. ``extra``: more header lines, CRLF-terminated."""
-    body = message.encode("utf-8", "replace") + b"\n"
-    return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\n%sConnection: close\r\n\r\n"
-        % (status, reason_phrase(status), len(body), extra)
-    ) + (b"" if head else body)
-
-
-def too_many_connections(retry_after_s: int) -> bytes:
-    """What a connection over the listener's limit gets at once, before its request:
-    503 and close (never a hang)."""
-    extra = b"Retry-After: %d\r\n" % retry_after_s
-    return _raw_error(503, "too many connections", head=False, extra=extra)
+#: Re-exported: the events are part of this connection's interface.
+__all__ = [
+    "AwaitingResponse",
+    "BodyChunk",
+    "BodyEnd",
+    "Classify",
+    "Event",
+    "NeedData",
+    "PeerClosed",
+    "Phase",
+    "Rejected",
+    "RequestHead",
+    "RequestReceived",
+    "RequestStarted",
+    "ServerConnection",
+    "reason_phrase",
+    "too_many_connections",
+]

@@ -52,6 +52,38 @@ class RequestState:
     #: the backend does not know).
     submitted_at: float = 0.0
     updated_at: float = 0.0
+    #: Epoch seconds a delayed request, or a retry, is due (0.0 when neither).
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyClaim:
+    """An Idempotency-Key to remember with a request: ``key`` already scoped to its
+    route (and hashed) by the caller, ``fingerprint`` what the request was (method,
+    target, body), ``ttl_s`` how long the key is remembered."""
+
+    key: str
+    fingerprint: str
+    ttl_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enqueued:
+    """What ``enqueue`` did: queued ``request_id``; or, for a known Idempotency-Key,
+    nothing, ``request_id`` being the id the key names: ``duplicate`` (the same request
+    again) or ``conflict`` (another request under that key)."""
+
+    request_id: str
+    duplicate: bool = False
+    conflict: bool = False
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"
+    #: Too late: claimed by a worker, or finished (done, dead, cancelled already).
+    BUSY = "busy"
+    #: No state: never known, or expired.
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +119,23 @@ class Queue(abc.ABC):
         """Where workers notify this process of finished requests (``record.reply_to``)."""
 
     @abc.abstractmethod
-    async def enqueue(self, record: RequestRecord) -> None:
-        """Store the request; returns only once it is durable. QueueFull/QueueUnavailable."""
+    async def enqueue(
+        self, record: RequestRecord, *, idempotency: IdempotencyClaim | None = None
+    ) -> Enqueued:
+        """Store the request; returns only once it is durable. QueueFull/QueueUnavailable.
+
+        ``record.not_before`` later than ``record.received_at``: scheduled (status
+        delayed, counted in ``depth``, moved into the queue by ``promote_due`` once due).
+        With ``idempotency``, atomically with the write: a key remembered with the same
+        fingerprint queues nothing (``duplicate``), with another one neither
+        (``conflict``); else the request is queued and the key remembered for its TTL.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, request_id: str) -> CancelOutcome:
+        """Atomically take back a request no worker holds (queued, delayed, or waiting
+        to be retried): it is removed and never replayed, its status becomes cancelled
+        (kept for the result TTL). BUSY once claimed or finished; UNKNOWN without state."""
 
     @abc.abstractmethod
     async def state(self, request_id: str) -> RequestState | None:
@@ -132,7 +179,8 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def promote_due(self, now: float) -> int:
-        """Move retries that are due back into the queue; returns how many moved."""
+        """Move retries and delayed requests due by ``now`` into the queue (a delayed
+        one with attempt 0); returns how many moved."""
 
     @abc.abstractmethod
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
@@ -145,7 +193,7 @@ class Queue(abc.ABC):
     # --- admin --------------------------------------------------------------
     @abc.abstractmethod
     async def depth(self) -> int:
-        """Entries not yet acknowledged: waiting, in flight and scheduled for retry."""
+        """Entries not yet acknowledged: waiting, in flight, delayed, scheduled for retry."""
 
     @abc.abstractmethod
     async def dead_letters(self, count: int = 100, after: str | None = None) -> list[DeadLetter]:

@@ -54,7 +54,8 @@ class QueueKeys:
         return f"{self.prefix}st:{request_id}"
 
     def idem(self, key: str) -> str:
-        """An Idempotency-Key's record."""
+        """An Idempotency-Key's record: the request's fingerprint and the id of the first
+        request sent with it (``key``: a hash of route and key, hqm.ingress.admission)."""
         return f"{self.prefix}idem:{key}"
 
     def reply_channel(self, instance: str) -> str:

@@ -3,7 +3,8 @@
 Used when ``hqm proxy`` runs without ``--redis``: the proxy and an in-process worker
 share one instance. It follows the consumer-group semantics of the Redis backend
 (pending entries, reclaim after a visibility timeout, delayed retries, dead letters)
-so the worker code is the same for both.
+so the worker code is the same for both. Idempotency-Keys, delayed requests and
+cancellation behave as in the Redis backend; each step is atomic as it never awaits.
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ from dataclasses import dataclass
 from hqm.proto.envelope import RequestRecord, ResponseRecord, error_response
 from hqm.proto.limits import RESULT_TTL_S
 from hqm.queue.base import (
+    CancelOutcome,
     DeadLetter,
     Delivery,
+    Enqueued,
+    IdempotencyClaim,
     Queue,
     QueueFull,
     RequestState,
     Status,
 )
 from hqm.queue.entry_ids import EntryIds, parse_entry_id
+
+#: What ``cancel`` may take back: nobody holds it (a queued one is also not pending).
+_CANCELLABLE = frozenset({Status.QUEUED, Status.DELAYED, Status.RETRYING})
 
 
 @dataclass(slots=True)
@@ -55,6 +62,10 @@ class MemoryQueue(Queue):
         self._pending: dict[str, _Pending] = {}
         self._deliveries: dict[str, int] = {}
         self._delayed: list[tuple[float, int, str]] = []
+        #: Where each request waits or runs: its key in ``_entries``.
+        self._located: dict[str, str] = {}
+        #: Idempotency-Keys: (fingerprint, request id, expiry).
+        self._idempotency: dict[str, tuple[str, str, float]] = {}
         self._results: dict[str, tuple[ResponseRecord, float]] = {}
         self._states: dict[str, tuple[RequestState, float]] = {}
         #: Dead letters by their own id, minted when dead-lettered as the Redis DLQ
@@ -70,21 +81,94 @@ class MemoryQueue(Queue):
         return "embedded"
 
     # --- proxy side ---------------------------------------------------------
-    async def enqueue(self, record: RequestRecord) -> None:
-        self._add(record, attempt=0)
+    async def enqueue(
+        self, record: RequestRecord, *, idempotency: IdempotencyClaim | None = None
+    ) -> Enqueued:
+        now = self._now()
+        if idempotency is not None:
+            known = self._idempotency.get(idempotency.key)
+            if known is not None and known[2] > now:
+                same = known[0] == idempotency.fingerprint
+                return Enqueued(request_id=known[1], duplicate=same, conflict=not same)
+        if record.not_before > record.received_at:
+            self._check_room()
+            self._schedule(record, 0, record.not_before, Status.DELAYED)
+        else:
+            self._add(record, attempt=0)
+        if idempotency is not None:
+            expiry = now + idempotency.ttl_s
+            self._idempotency[idempotency.key] = (idempotency.fingerprint, record.id, expiry)
+        return Enqueued(request_id=record.id)
 
-    def _add(self, record: RequestRecord, attempt: int) -> str:
+    def _check_room(self) -> None:
         if self._max_depth and self._depth() >= self._max_depth:
             raise QueueFull(f"queue {self.name!r} holds {self._max_depth} entries")
-        entry_id = f"{int(self._now() * 1000)}-{next(self._ids)}"
+
+    def _add(self, record: RequestRecord, attempt: int) -> str:
+        self._check_room()
+        return self._append(record, attempt, self._now())
+
+    def _append(self, record: RequestRecord, attempt: int, now: float) -> str:
+        entry_id = f"{int(now * 1000)}-{next(self._ids)}"
         self._entries[entry_id] = (record, attempt)
         self._waiting.append(entry_id)
-        self._set_state(record.id, RequestState(Status.QUEUED, attempts=attempt))
+        self._located[record.id] = entry_id
+        self._set_state(record, Status.QUEUED, attempt)
         self._arrived.set()
         return entry_id
 
-    def _set_state(self, request_id: str, state: RequestState) -> None:
-        self._states[request_id] = (state, self._now() + self._ttl)
+    def _schedule(
+        self,
+        record: RequestRecord,
+        attempt: int,
+        due_at: float,
+        status: Status,
+        error: str | None = None,
+    ) -> None:
+        key = f"retry-{next(self._ids)}"
+        self._entries[key] = (record, attempt)
+        heapq.heappush(self._delayed, (due_at, next(self._ids), key))
+        self._located[record.id] = key
+        self._set_state(record, status, attempt, error, not_before=due_at)
+
+    def _set_state(
+        self,
+        record: RequestRecord,
+        status: Status,
+        attempts: int = 0,
+        error: str | None = None,
+        *,
+        not_before: float = 0.0,
+    ) -> None:
+        now = self._now()
+        state = RequestState(
+            status,
+            attempts,
+            error,
+            submitted_at=record.received_at,
+            updated_at=now,
+            not_before=not_before,
+        )
+        # (kept until due, then for the TTL: a delayed request's state outlives its wait)
+        self._states[record.id] = (state, now + self._ttl + max(0.0, not_before - now))
+
+    async def cancel(self, request_id: str) -> CancelOutcome:
+        state = await self.state(request_id)
+        if state is None:
+            return CancelOutcome.UNKNOWN
+        key = self._located.get(request_id)
+        if state.status not in _CANCELLABLE or key is None or key in self._pending:
+            return CancelOutcome.BUSY
+        record, _ = self._entries.pop(key)
+        del self._located[request_id]
+        self._deliveries.pop(key, None)
+        if state.status is Status.QUEUED:
+            self._waiting.remove(key)
+        else:
+            self._delayed = [item for item in self._delayed if item[2] != key]
+            heapq.heapify(self._delayed)
+        self._set_state(record, Status.CANCELLED, state.attempts, state.error)
+        return CancelOutcome.CANCELLED
 
     async def state(self, request_id: str) -> RequestState | None:
         item = self._states.get(request_id)
@@ -135,7 +219,7 @@ class MemoryQueue(Queue):
         deliveries = self._deliveries.get(entry_id, 0) + 1
         self._deliveries[entry_id] = deliveries
         self._pending[entry_id] = _Pending(consumer, self._now(), deliveries)
-        self._set_state(record.id, RequestState(Status.PROCESSING, attempts=attempt))
+        self._set_state(record, Status.PROCESSING, attempt)
         return Delivery(entry_id, record, deliveries, attempt)
 
     async def reclaim(self, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
@@ -153,12 +237,16 @@ class MemoryQueue(Queue):
     def _ack(self, entry_id: str) -> None:
         self._pending.pop(entry_id, None)
         self._deliveries.pop(entry_id, None)
-        self._entries.pop(entry_id, None)
+        record, _ = self._entries.pop(entry_id, (None, 0))
+        if record is not None and self._located.get(record.id) == entry_id:
+            del self._located[record.id]
 
-    def _store_result(self, request_id: str, response: ResponseRecord, status: Status) -> None:
-        self._results[request_id] = (response, self._now() + self._ttl)
-        self._set_state(request_id, RequestState(status, response.attempts, response.error))
-        for future in self._waiters.pop(request_id, []):
+    def _store_result(
+        self, record: RequestRecord, response: ResponseRecord, status: Status
+    ) -> None:
+        self._results[record.id] = (response, self._now() + self._ttl)
+        self._set_state(record, status, response.attempts, response.error)
+        for future in self._waiters.pop(record.id, []):
             if not future.done():
                 future.set_result(response)
 
@@ -166,30 +254,23 @@ class MemoryQueue(Queue):
         if delivery.entry_id not in self._entries:
             return  # already acknowledged by whoever reclaimed it
         if delivery.record.mode == "fire":  # no result kept
-            self._set_state(delivery.record.id, RequestState(Status.DONE, response.attempts))
+            self._set_state(delivery.record, Status.DONE, response.attempts)
         else:
-            self._store_result(delivery.record.id, response, Status.DONE)
+            self._store_result(delivery.record, response, Status.DONE)
         self._ack(delivery.entry_id)
 
     async def retry_later(self, delivery: Delivery, due_at: float, error: str) -> None:
         if delivery.entry_id not in self._entries:
             return
-        record = delivery.record
         self._ack(delivery.entry_id)
-        retry_id = f"retry-{next(self._ids)}"
-        self._entries[retry_id] = (record, delivery.attempt + 1)
-        heapq.heappush(self._delayed, (due_at, next(self._ids), retry_id))
-        self._set_state(record.id, RequestState(Status.RETRYING, delivery.attempt + 1, error))
+        self._schedule(delivery.record, delivery.attempt + 1, due_at, Status.RETRYING, error)
 
     async def promote_due(self, now: float) -> int:
         moved = 0
         while self._delayed and self._delayed[0][0] <= now:
             _, _, retry_id = heapq.heappop(self._delayed)
             record, attempt = self._entries.pop(retry_id)
-            entry_id = f"{int(now * 1000)}-{next(self._ids)}"
-            self._entries[entry_id] = (record, attempt)
-            self._waiting.append(entry_id)
-            self._set_state(record.id, RequestState(Status.QUEUED, attempts=attempt))
+            self._append(record, attempt, now)
             moved += 1
         if moved:
             self._arrived.set()
@@ -200,6 +281,8 @@ class MemoryQueue(Queue):
         for store in (self._results, self._states):
             for key in [k for k, (_, exp) in store.items() if exp <= now]:
                 del store[key]
+        for key in [k for k, (_, _, exp) in self._idempotency.items() if exp <= now]:
+            del self._idempotency[key]
 
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
         if delivery.entry_id not in self._entries:
@@ -209,10 +292,10 @@ class MemoryQueue(Queue):
         ms, seq = key = self._dlq_ids.next(now)
         self._dlq[key] = DeadLetter(f"{ms}-{seq}", record, error, attempts, now)
         if record.mode == "fire":
-            self._set_state(record.id, RequestState(Status.DEAD, attempts, error))
+            self._set_state(record, Status.DEAD, attempts, error)
         else:
             response = error_response(502, error, attempts=attempts, now=now)
-            self._store_result(record.id, response, Status.DEAD)
+            self._store_result(record, response, Status.DEAD)
         self._ack(delivery.entry_id)
 
     async def release(self, consumer: str) -> None:

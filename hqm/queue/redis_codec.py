@@ -1,8 +1,9 @@
 """What the Redis backend stores, encoded and decoded (docs/architecture.md §4).
 
 The fields of request stream entries (``r`` the encoded request, ``a`` the attempt,
-``i`` the request id), the state JSON (``{"s": status, "a": attempts, "e": error}``,
-written by ``encode_state`` only), stored results, the members of the delayed-retry
+``i`` the request id), the state JSON (``{"s": status, "a": attempts, "e": error, "c":
+submitted at, "u": updated at, "d": due at, "x": stream entry}``, written by
+``encode_state`` only; "c" to "x" optional, so older states still read), stored results, the members of the delayed-retry
 sorted set, the items of the ``finish`` script; and how a Redis failure reaches the
 callers: always as ``QueueUnavailable``.
 
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import secrets
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -44,7 +47,9 @@ from hqm.queue.redis_lua import (
     COMPLETE,
     DEAD,
     DROP,
+    ENTRY_SLOT,
     MARK,
+    MEMBER_HEAD,
     OPS,
     PROMOTE,
     RECORD,
@@ -57,8 +62,8 @@ log = logging.getLogger("hqm.queue.redis_streams")  # the backend's one logger
 
 #: An item of the ``finish`` script: (op code, request id naming its keys or "", fields).
 Item = tuple[str, str, list[Any]]
-#: Delayed-retry member: attempt u32 | len(request id) u16 | 8 random bytes | id | record
-_MEMBER = struct.Struct(">IH8s")
+#: Delayed member: attempt u32 | len(request id) u16 | 8 random bytes | id | record
+_MEMBER = MEMBER_HEAD
 #: Largest attempt an entry may carry: the next one must fit the member's u32.
 MAX_ATTEMPT = 0xFFFF_FFFE
 #: A request id as hqm writes it (32 hex digits) or any other short printable token:
@@ -105,14 +110,62 @@ def _reason(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__)[:_REASON_CHARS]
 
 
-def encode_state(status: Status, attempts: int = 0, error: str | None = None) -> bytes:
+def encode_state(
+    status: Status,
+    attempts: int = 0,
+    error: str | None = None,
+    *,
+    submitted: float = 0.0,
+    updated: float = 0.0,
+    due: str = "",
+    entry_slot: bool = False,
+) -> bytes:
+    """``due``: the delayed set's score as written (``score``); ``entry_slot``: the
+    request enters the stream, and the script fills in its entry id (ENTRY_SLOT)."""
     state: dict[str, Any] = {"s": status.value, "a": attempts}
     if error is not None:
         state["e"] = error
-    return orjson.dumps(state)
+    state["c"], state["u"] = submitted, updated
+    if due:
+        state["d"] = due
+    if entry_slot:
+        state["x"] = ""
+    raw = orjson.dumps(state)
+    assert not entry_slot or raw.endswith(ENTRY_SLOT.encode())
+    return raw
 
 
-QUEUED = encode_state(Status.QUEUED)
+def record_state(
+    record: RequestRecord,
+    status: Status,
+    attempts: int = 0,
+    error: str | None = None,
+    *,
+    now: float,
+    due: str = "",
+    entry_slot: bool = False,
+) -> bytes:
+    """The state of ``record``'s request, changed at ``now``."""
+    submitted = record.received_at
+    return encode_state(
+        status, attempts, error, submitted=submitted, updated=now, due=due, entry_slot=entry_slot
+    )
+
+
+def score(due_at: float) -> str:
+    """A delayed member's score as the scripts write it; the state keeps the same text,
+    so that ``cancel`` finds the member at exactly that score."""
+    return repr(float(due_at))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredState:
+    """A state as stored: what it reports, and where its request waits (``entry``: its
+    stream entry id; ``due``: its score in the delayed set; "" when not known)."""
+
+    state: RequestState
+    entry: str = ""
+    due: str = ""
 
 
 def valid_request_id(raw: bytes | str) -> str | None:
@@ -144,7 +197,13 @@ def decode_entry(raw: bytes, raw_attempt: bytes) -> tuple[RequestRecord, int]:
     return decode_record(raw), decode_attempt(raw_attempt)
 
 
-def decode_state(raw: bytes, request_id: str) -> RequestState | None:
+def _stamp(value: Any) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError("time")
+    return float(value)
+
+
+def decode_stored(raw: bytes, request_id: str) -> StoredState | None:
     """None (and a warning) when the stored state cannot be read."""
     try:
         state = orjson.loads(raw)
@@ -153,10 +212,26 @@ def decode_state(raw: bytes, request_id: str) -> RequestState | None:
             raise ValueError("attempts")
         if error is not None and not isinstance(error, str):
             raise ValueError("error")
-        return RequestState(status, attempts, error)
+        entry, due = state.get("x", ""), state.get("d", "")
+        if not (isinstance(entry, str) and isinstance(due, str)):
+            raise ValueError("entry")
+        reported = RequestState(
+            status,
+            attempts,
+            error,
+            submitted_at=_stamp(state.get("c", 0.0)),
+            updated_at=_stamp(state.get("u", 0.0)),
+            not_before=_stamp(float(due)) if due else 0.0,
+        )
+        return StoredState(state=reported, entry=entry, due=due)
     except Exception:  # not JSON, not an object, wrong types: unknown
         log.warning("unreadable state for request %s: %r", request_id, bytes(raw[:100]))
         return None
+
+
+def decode_state(raw: bytes, request_id: str) -> RequestState | None:
+    stored = decode_stored(raw, request_id)
+    return None if stored is None else stored.state
 
 
 def decode_result(raw: bytes, request_id: str) -> ResponseRecord | None:
@@ -257,13 +332,14 @@ def dead_item(
     request_id: str = "",
     result: bytes | None = None,
     reply_to: str = "",
+    submitted: float = 0.0,
 ) -> Item:
     """Op ``dead`` for a stream entry: the letter; with a request id, its state and
     result (``result`` None: the 502 record; b"": none, fire mode); with ``reply_to``,
     the notification of its waiting proxy."""
     state = b""
     if request_id:
-        state = encode_state(Status.DEAD, attempts, error)
+        state = encode_state(Status.DEAD, attempts, error, submitted=submitted, updated=now)
         result = dead_result(error, attempts, now) if result is None else result
     message = notification(request_id, result or b"") if reply_to else b""
     stamp = repr(float(now))
@@ -283,7 +359,7 @@ def promotion(member: bytes, now: float) -> Item:
         log.error("dead-lettering a corrupt retry: %s", exc)
         error, rid = f"corrupt retry: {exc}", member_request_id(member) or ""
         result = dead_result(error, 0, now) if rid else b""
-        state = encode_state(Status.DEAD, 0, error) if rid else b""
+        state = encode_state(Status.DEAD, 0, error, updated=now) if rid else b""
         return (DROP.code, rid, [member, member, error, repr(float(now)), result, state])
-    state = encode_state(Status.QUEUED, attempt)
+    state = record_state(record, Status.QUEUED, attempt, now=now, entry_slot=True)
     return (PROMOTE.code, record.id, [member, attempt, record.id, raw, state])

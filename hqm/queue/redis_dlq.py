@@ -13,15 +13,23 @@ of that id is still there.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 from hqm.proto.envelope import RequestRecord
-from hqm.queue.base import DeadLetter
+from hqm.queue.base import DeadLetter, Status
 from hqm.queue.entry_ids import parse_entry_id
 from hqm.queue.keys import QueueKeys
-from hqm.queue.redis_codec import ATTEMPT_DIGITS, QUEUED, Corrupt, decode_record, errors, text
+from hqm.queue.redis_codec import (
+    ATTEMPT_DIGITS,
+    Corrupt,
+    decode_record,
+    errors,
+    record_state,
+    text,
+)
 from hqm.queue.redis_lua import PURGE, RECORD, REPLAY, Script
 
 _LATEST_TS = 253402300799.0  # 9999-12-31T23:59:59Z: any later time cannot be shown
@@ -65,11 +73,20 @@ RunScript = Callable[[str, Script, list[Any], list[Any]], Awaitable[Any]]
 
 
 class DeadLetters:
-    def __init__(self, redis: Any, keys: QueueKeys, script: RunScript, ttl_ms: int) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        keys: QueueKeys,
+        script: RunScript,
+        ttl_ms: int,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._script = script
         self._ttl_ms = ttl_ms
+        self._now = clock
 
     async def page(self, count: int, after: str | None) -> list[DeadLetter]:
         """Oldest first (dead-letter order); ``after`` an id to page on from (exclusive)."""
@@ -100,7 +117,7 @@ class DeadLetters:
             state_key=self._keys.state(request_id),
             letter=letter.entry_id,
             id=request_id,
-            state=QUEUED,
+            state=record_state(letter.record, Status.QUEUED, now=self._now(), entry_slot=True),
             ttl_ms=self._ttl_ms,
         )
         return bool(await self._script("replay_dead_letter", REPLAY, keys, args))

@@ -6,20 +6,20 @@ KEYS and ARGV from the same names, so the two sides cannot disagree. Every key a
 touches is one of its KEYS, built by hqm.queue.keys (a Redis Cluster routes by them;
 Dragonfly refuses undeclared keys); no script builds a key name. The state JSON is
 written by Python only (``redis_codec.encode_state``) and comes in ARGV; Lua reads a
-stored one only with cjson (op ``mark``), never builds or matches it.
+stored one only with cjson (op ``mark``) and never builds it. Two narrow exceptions:
+the state of a request entering the stream ends in an empty slot (:data:`ENTRY_SLOT`)
+that the script writing the XADD fills with the new entry id (``filled``), so that
+``cancel`` can find the entry; and ``cancel`` compares the stored state byte for byte
+with the one Python read and decided on (compare and set).
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
+import struct
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 
 from hqm.queue.base import Status
 
@@ -27,7 +27,13 @@ from hqm.queue.base import Status
 #: the request id (docs/architecture.md §4).
 RECORD, ATTEMPT, REQUEST_ID = "r", "a", "i"
 #: Statuses a late "processing" mark must not overwrite (op ``mark``).
-FINAL = (Status.DONE, Status.DEAD, Status.RETRYING)
+FINAL = (Status.DONE, Status.DEAD, Status.RETRYING, Status.CANCELLED)
+#: How a state written as a request enters the stream ends: an entry id slot, filled
+#: by the script with the XADD's id (``"x": ""`` written last by encode_state).
+ENTRY_SLOT = ',"x":""}'
+#: Head of a delayed member (a retry, or a scheduled request with attempt 0): attempt
+#: u32 | length of the request id u16 | 8 random bytes; then the id and the record.
+MEMBER_HEAD = struct.Struct(">IH8s")
 #: First byte of a claim reply that is an error (an entry id is never 255 bytes long).
 CLAIM_ERROR = 0xFF
 
@@ -74,6 +80,7 @@ class Script:
             group=_lua_str(group),
             fields=", ".join(map(_lua_str, (RECORD, ATTEMPT, REQUEST_ID))),
             final=", ".join(f"[{_lua_str(s.value)}] = true" for s in FINAL),
+            slot=_lua_str(ENTRY_SLOT),
         )
         yield _locals(self.keys, "KEYS", 0) + _locals(self.args, "ARGV", 0)
         yield textwrap.dedent(self.lua).lstrip("\n")
@@ -137,6 +144,11 @@ def _locals(names: Sequence[str], array: str, base: int, step: int = 0) -> str:
 _PRELUDE = """\
 local GROUP, FINAL = {group}, {{{final}}}
 local F_RECORD, F_ATTEMPT, F_ID = {fields}
+local ENTRY_SLOT = {slot}
+local function filled(state, entry)  -- the entry id into the state's slot, if it has one
+  if string.sub(state, -#ENTRY_SLOT) ~= ENTRY_SLOT then return state end
+  return string.sub(state, 1, -3) .. entry .. '"}}'
+end
 """
 # An item: op code (1 byte), how many KEYS it brings (1 byte), then each field as a
 # u32 length and its bytes (redis_codec.pack_item: one argument per item, not ~8).
@@ -150,24 +162,52 @@ while pos <= #item do
 end
 """
 
+# The --max-depth check and the write are one step, and so are the Idempotency-Key's
+# check and its SET. One reply per item: 0 full; 1 scheduled (delayed set); the entry
+# id; for a known key "=" (the same request) or "!" (another one) and the id it names.
+_ENQUEUE_LUA = """
+local depth = redis.call('XLEN', stream) + redis.call('ZCARD', delayed)
+local max, out = tonumber(max_depth), {}
+local function add(state_key, id, record, member, due_at, state, state_ttl_ms)
+  if max > 0 and depth >= max then return 0 end
+  depth = depth + 1
+  if member ~= '' then  -- not before due_at: waits in the delayed set
+    redis.call('ZADD', delayed, due_at, member)
+    redis.call('SET', state_key, state, 'PX', state_ttl_ms)
+    return 1
+  end
+  local entry = redis.call('XADD', stream, '*', F_RECORD, record, F_ATTEMPT, '0', F_ID, id)
+  redis.call('SET', state_key, filled(state, entry), 'PX', state_ttl_ms)
+  return entry
+end
+"""
+_ADD_LUA = """
+out[#out + 1] = add(state_key, id, record, member, due_at, state, state_ttl_ms)
+"""
+_ADD_ONCE_LUA = """
+local known = redis.call('GET', idem_key)
+if known then
+  local same = string.sub(known, 1, #fingerprint) == fingerprint
+  out[#out + 1] = (same and '=' or '!') .. string.sub(known, #fingerprint + 1)
+else
+  local reply = add(state_key, id, record, member, due_at, state, state_ttl_ms)
+  if reply ~= 0 then redis.call('SET', idem_key, fingerprint .. id, 'PX', idem_ttl_ms) end
+  out[#out + 1] = reply
+end
+"""
+_ADD_FIELDS = ("id", "record", "member", "due_at", "state", "state_ttl_ms")
+# fmt: off
+#             code  name        per-request KEYS           fields
+ADD      = Op("a", "add",      ("state_key",),             _ADD_FIELDS, _ADD_LUA, replies=True)
+ADD_ONCE = Op("o", "add_once", ("state_key", "idem_key"),  (*_ADD_FIELDS, "fingerprint", "idem_ttl_ms"), _ADD_ONCE_LUA, replies=True)
+# fmt: on
+
 ENQUEUE = Script(
     "enqueue",
     keys=("stream", "delayed"),
-    args=("max_depth", "ttl_ms", "state"),
-    each_keys=("state_key",),
-    each_args=("id", "record"),
-    # The --max-depth check and the XADD are one step: 0 for a record that found it full.
-    lua="""
-    local depth = redis.call('XLEN', stream) + redis.call('ZCARD', delayed)
-    local max, out = tonumber(max_depth), {}
-    """,
-    each_lua="""
-    if max > 0 and depth >= max then out[#out + 1] = 0 else
-      out[#out + 1] = redis.call('XADD', stream, '*', F_RECORD, record, F_ATTEMPT, '0', F_ID, id)
-      redis.call('SET', state_key, state, 'PX', ttl_ms)
-      depth = depth + 1
-    end
-    """,
+    args=("max_depth",),
+    lua=_ENQUEUE_LUA,
+    ops=(ADD, ADD_ONCE),
     after_lua="return out\n",
 )
 
@@ -232,8 +272,8 @@ end
 """
 _PROMOTE_LUA = """
 if redis.call('ZREM', delayed, member) == 1 then
-  redis.call('XADD', stream, '*', F_RECORD, record, F_ATTEMPT, attempt, F_ID, id)
-  redis.call('SET', state_key, state, 'PX', ttl_ms)
+  local entry = redis.call('XADD', stream, '*', F_RECORD, record, F_ATTEMPT, attempt, F_ID, id)
+  redis.call('SET', state_key, filled(state, entry), 'PX', ttl_ms)
   out[#out + 1] = 1
 else
   out[#out + 1] = 0
@@ -268,8 +308,8 @@ FINISH = Script(
     ops=(CLAIM, MARK, COMPLETE, RETRY, DEAD, PROMOTE, DROP),
     after_lua="return out\n",
 )
-#: The ops of FINISH by code.
-OPS = {op.code: op for op in FINISH.ops}
+#: The ops of FINISH and ENQUEUE by code.
+OPS = {op.code: op for op in (*FINISH.ops, *ENQUEUE.ops)}
 
 TOUCH = Script(
     "touch",
@@ -297,10 +337,10 @@ REPLAY = Script(
     local f, record = e[1][2], nil
     for j = 1, #f, 2 do if f[j] == 'r' then record = f[j + 1] end end
     if not record then return 0 end
-    redis.call('XADD', stream, '*', F_RECORD, record, F_ATTEMPT, '0', F_ID, id)
+    local entry = redis.call('XADD', stream, '*', F_RECORD, record, F_ATTEMPT, '0', F_ID, id)
     redis.call('XDEL', dlq, letter)
     redis.call('DEL', result_key)
-    redis.call('SET', state_key, state, 'PX', ttl_ms)
+    redis.call('SET', state_key, filled(state, entry), 'PX', ttl_ms)
     return 1
     """,
 )
@@ -312,76 +352,37 @@ PURGE = Script(
     lua="local n = redis.call('XLEN', dlq)\nredis.call('DEL', dlq)\nreturn n\n",
 )
 
-SCRIPTS = (ENQUEUE, FINISH, TOUCH, REPLAY, PURGE)
+# Compare and set: the state Python read and decided on must still be there. A stream
+# entry is taken back only while no consumer holds it (the PEL, not the "processing"
+# mark, which may lag a claim); a delayed one is found among the members due at its
+# due time (the state's "d": the score exactly as written), by its request id.
+_PAGE = 100
+CANCEL = Script(
+    "cancel",
+    keys=("stream", "delayed", "state_key"),
+    args=("seen", "id", "entry", "due_at", "state", "ttl_ms"),
+    lua=f"""
+    if redis.call('GET', state_key) ~= seen then return 'changed' end
+    if entry ~= '' then
+      if #redis.call('XPENDING', stream, GROUP, entry, entry, 1) > 0 then return 'busy' end
+      if redis.call('XDEL', stream, entry) == 0 then return 'busy' end
+    else
+      local head, removed, offset, page = {MEMBER_HEAD.size}, 0, 0, {{}}
+      repeat
+        page = redis.call('ZRANGEBYSCORE', delayed, due_at, due_at, 'LIMIT', offset, {_PAGE})
+        for _, m in ipairs(page) do
+          if #m >= head + #id and struct.unpack('>H', m, 5) == #id
+            and string.sub(m, head + 1, head + #id) == id then
+            removed = removed + redis.call('ZREM', delayed, m)
+          end
+        end
+        offset = offset + {_PAGE}
+      until removed > 0 or #page < {_PAGE}
+      if removed == 0 then return 'busy' end
+    end
+    redis.call('SET', state_key, state, 'PX', ttl_ms)
+    return 'cancelled'
+    """,
+)
 
-
-def _packed(args: Sequence[Any]) -> list[bytes]:
-    """A command in RESP, built in one pass (redis-py's pack_command re-copies its buffer
-    per argument: a finish call has 2-3 arguments per message)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out += (b"$%d\r\n" % len(data), data, b"\r\n")
-    return out
-
-
-class Scripts:
-    """The scripts, called by EVALSHA (SCRIPT LOAD on NOSCRIPT), each call bounded by
-    one asyncio timeout (no ``wait_for`` task per send on a client without socket
-    timeouts). ``own=True`` calls (one at a time: the worker's flusher) use a connection
-    kept for them, straight through send_packed_command/read_response: redis-py's
-    per-command machinery costs ~30 µs a call. Not for a cluster client, which routes each command.
-    """
-
-    def __init__(self, client: Any, group: str, timeout_s: float) -> None:
-        self._client = client
-        self._timeout = timeout_s
-        self._scripts = {}
-        for script in SCRIPTS:
-            source = script.source(group)
-            self._scripts[script.name] = (hashlib.sha1(source.encode()).hexdigest(), source)
-        pool = getattr(client, "connection_pool", None)
-        self._pool = pool if hasattr(pool, "get_connection") else None
-        self._conn: Any = None
-
-    async def __call__(
-        self, script: Script, keys: list[Any], args: list[Any], *, own: bool = False
-    ) -> Any:
-        sha, source = self._scripts[script.name]
-        async with asyncio.timeout(self._timeout):
-            if own and self._pool is not None:
-                return await self._on_own_connection(sha, source, keys, args)
-            try:
-                return await self._client.evalsha(sha, len(keys), *keys, *args)
-            except NoScriptError:  # not loaded yet, or Redis restarted
-                await self._client.script_load(source)
-                return await self._client.evalsha(sha, len(keys), *keys, *args)
-
-    async def _on_own_connection(
-        self, sha: str, source: str, keys: list[Any], args: list[Any]
-    ) -> Any:
-        if self._conn is None:
-            try:
-                self._conn = await self._pool.get_connection()  # type: ignore[union-attr]
-            except TypeError:  # redis-py before 5.3 wants a command name
-                self._conn = await self._pool.get_connection("EVALSHA")  # type: ignore[union-attr]
-        conn, command = self._conn, _packed(("EVALSHA", sha, len(keys), *keys, *args))
-        for retry in (True, False):  # as the client's Retry: once, on a broken connection
-            try:
-                try:
-                    await conn.send_packed_command(command)
-                    return await conn.read_response()
-                except NoScriptError:
-                    await conn.send_command("SCRIPT", "LOAD", source)
-                    await conn.read_response()
-                    await conn.send_packed_command(command)
-                    return await conn.read_response()
-            except RedisConnectionError:  # it disconnected itself: the next send reconnects
-                if not retry:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and self._pool is not None:
-            await self._pool.release(conn)
+SCRIPTS = (ENQUEUE, FINISH, TOUCH, REPLAY, PURGE, CANCEL)

@@ -1,4 +1,5 @@
-"""The worker: claims stored requests, replays them to the app, records the answers."""
+"""The worker: claims stored requests from its queues, replays them to the apps they
+name, records the answers."""
 
 from __future__ import annotations
 
@@ -6,14 +7,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from hqm.ops.metrics import WorkerMetrics
 from hqm.proto.envelope import ResponseRecord
-from hqm.proto.headers import ForwardedInfo, header_value, upstream_request_headers
+from hqm.proto.headers import (
+    ForwardedInfo,
+    header_value,
+    upstream_request_headers,
+    with_injected,
+)
+from hqm.proto.replay_token import HEADER as REPLAY_HEADER
+from hqm.proto.replay_token import sign
 from hqm.queue.base import Delivery, Queue, QueueError
+from hqm.worker.claims import Claimed, Claimer, Lane
 from hqm.worker.fleet import FleetGate
 from hqm.worker.outcomes import Outcomes
+from hqm.worker.queues import ClaimOrder
+from hqm.worker.ratelimit import RateLimiter
 from hqm.worker.retry import (
     RETRY_ANY_METHOD,
     RETRY_IDEMPOTENT,
@@ -23,6 +34,7 @@ from hqm.worker.retry import (
 )
 from hqm.worker.sender import Sender
 from hqm.worker.settings import WorkerSettings
+from hqm.worker.slots import Seat, Slots
 from hqm.worker.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("hqm.worker.loop")
@@ -30,6 +42,12 @@ log = logging.getLogger("hqm.worker.loop")
 _RETRY_STATUSES = RETRY_ANY_METHOD | RETRY_IDEMPOTENT
 #: Upper bound on the pause after a queue error (Redis down): reconnect backoff.
 _MAX_QUEUE_BACKOFF_S = 5.0
+#: A queue may have this many deliveries per --concurrency slot parked for an app that
+#: is down (then it is not claimed from): enough for a queue that mixes apps to go on
+#: for the others through an outage, and the memory they hold stays bounded.
+_PARKED_PER_SLOT = 4
+#: Stopping: a blocking read ends within its block time, plus this for its round trip.
+_SETTLE_MARGIN_S = 5.0
 
 
 class QueueUnreachable(Exception):
@@ -37,47 +55,70 @@ class QueueUnreachable(Exception):
 
 
 class Worker:
-    """Runs until ``stop()`` (or, in burst mode, until the queue is empty)."""
+    """Runs until ``stop()`` (or, in burst mode, until every queue is empty).
+
+    ``queues`` in the order given: strict priority, or with ``weights`` (one per
+    queue) claims shared by weight (``hqm.worker.queues``). ``pools``: the apps by
+    upstream name ("default" is ``--upstream``); an entry naming another is
+    dead-lettered, never dialled.
+    """
 
     def __init__(
         self,
         *,
-        queue: Queue,
-        pool: UpstreamPool,
+        queues: Sequence[Queue],
+        pools: Mapping[str, UpstreamPool],
         settings: WorkerSettings,
         metrics: WorkerMetrics,
+        weights: Sequence[int] | None = None,
         wall_clock: Callable[[], float] = time.time,
         fleet: FleetGate | None = None,
     ) -> None:
-        self._queue = queue
-        self._app_host = str(pool.upstream).encode()
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
-        #: Every delivery being worked on, until its outcome is recorded.
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        #: Those holding a --concurrency slot: on their way to the app or at it. A slot
-        #: frees up when the app has answered, so the next claim can share the round trip
-        #: that records the answer.
-        self._at_app: set[str] = set()
+        #: Every delivery being worked on, by (queue, entry id), until its outcome is
+        #: recorded (entry ids repeat across streams).
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: Set when a slot frees up and by stop(): what every wait of the loop waits on.
         self._wake = asyncio.Event()
+        #: --concurrency: requests on their way to an app or at it. A slot frees up when
+        #: the app has answered, so the next claim can share the round trip that records
+        #: the answer.
+        self._slots = Slots(settings.concurrency, self._wake.set)
         self._stopping = False
         self._last_maintenance = 0.0
         # In flight read at scrape; labelled children looked up once (in Outcomes).
-        metrics.in_flight.set_function(lambda: len(self._at_app))
+        metrics.in_flight.set_function(lambda: self._slots.taken)
         self._fleet = fleet or FleetGate(None)
-        self._sender = Sender(
-            pool=pool,
-            rate=settings.rate,
-            fleet=self._fleet,
-            max_retry_duration_s=settings.max_retry_duration_s,
-            metrics=metrics,
-            on_breaker_change=self._wake.set,
-        )
-        self._outcomes = Outcomes(
-            queue=queue, settings=settings, metrics=metrics, wall_clock=wall_clock
-        )
+        limiter = RateLimiter(settings.rate)  # --rate: this worker's, all apps together
+        #: One per upstream name, made up front (no connection before the first use):
+        #: each app its own pool and breaker.
+        self._senders = {
+            name: Sender(
+                name=name,
+                pool=pool,
+                limiter=limiter,
+                fleet=self._fleet,
+                max_retry_duration_s=settings.max_retry_duration_s,
+                metrics=metrics,
+                on_breaker_change=self._wake.set,
+            )
+            for name, pool in pools.items()
+        }
+        lanes = [
+            Lane(
+                queue,
+                Outcomes(queue=queue, settings=settings, metrics=metrics, wall_clock=wall_clock),
+            )
+            for queue in queues
+        ]
+        self._lanes = {lane.name: lane for lane in lanes}
+        self._wait_seconds = {
+            lane.name: metrics.queue_wait_seconds.labels(lane.name) for lane in lanes
+        }
+        order = ClaimOrder([lane.name for lane in lanes], weights)
+        self._claims = Claimer(lanes, order, settings.consumer)
 
     @property
     def in_flight(self) -> int:
@@ -88,10 +129,11 @@ class Worker:
         """Stop claiming; ``run`` returns once in-flight requests finished (or drain ran out)."""
         self._stopping = True
         self._wake.set()
-        self._sender.stop()
+        for sender in self._senders.values():
+            sender.stop()
 
     async def run(self) -> None:
-        """Claim and process until stopped. In burst mode, return once the queue is
+        """Claim and process until stopped. In burst mode, return once every queue is
         empty, or raise QueueUnreachable once it stayed unreachable for the burst
         timeout (a batch job must end, not retry forever)."""
         backoff = 0.1
@@ -136,39 +178,67 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(self._block_s, limit_s or self._block_s)):
                 await self._wake.wait()
-        await self._maintain(0)
+        self._start_all(await self._maintain(0))
+
+    def _free(self) -> int:
+        """Deliveries the next claim may take."""
+        concurrency = self._settings.concurrency
+        parked = sum(lane.parked for lane in self._claims.lanes)
+        # (at most as many again still being recorded: Redis slow means claims wait too;
+        # parked ones wait for an app that is down: they hold no slot)
+        free = min(self._slots.free, 2 * concurrency - (len(self._tasks) - parked))
+        # Every app's breaker open: claim nothing; half-open: one probe each, if none held.
+        allowed = 0
+        for sender in self._senders.values():
+            one = sender.breaker.allowed()
+            if one is None:
+                return free
+            allowed += 0 if sender.held else one
+        return min(free, allowed) if self._senders else free
 
     async def _step(self) -> bool:
         """One claim round; False when burst mode found nothing left to do."""
-        concurrency = self._settings.concurrency
-        # (at most as many again still being recorded: Redis slow means claims wait too)
-        free = min(concurrency - len(self._at_app), 2 * concurrency - len(self._tasks))
-        allowed = self._sender.breaker.allowed()
-        if allowed is not None:  # open: claim nothing; half-open: one probe, if none held
-            free = min(free, 0 if self._sender.held else allowed)
+        free = self._free()
         if free <= 0:
             self._wake.clear()
             if not self._stopping:
                 await self._wait_slot()
             return True
-        deliveries = await self._maintain(free)
-        if not deliveries:
-            # Never block past the maintenance period: claims on in-flight entries must be
-            # renewed well within the visibility timeout, or a slow request is redelivered.
-            # Burst mode never blocks in Redis: it is done as soon as the queue is empty.
-            block = 0.0 if self._settings.burst else self._block_s
-            deliveries = await self._queue.claim(self._settings.consumer, free, block)
-        if not deliveries and self._settings.burst:
-            if self._tasks:  # the last ones finishing: wait for one, then look again
-                self._wake.clear()
-                await self._wait_slot(0.05)
-            elif await self._queue.depth() == 0:
-                return False
-            else:
-                await self._pause(0.05)  # entries held elsewhere or scheduled: wait
-        for delivery in deliveries:
-            self._start(delivery)
+        self._wake.clear()  # (a wake from here on ends the wait below)
+        burst = self._settings.burst
+        cap = self._park_cap
+        started = self._start_all(self._claims.collect())
+        started += self._start_all(await self._maintain(free))
+        free = self._free()
+        if free > 0:
+            started += self._start_all(await self._claims.claim(free, park_cap=cap, burst=burst))
+        if burst:
+            # Burst mode never blocks in Redis: it is done as soon as every queue is empty.
+            if not started:
+                if self._tasks:  # the last ones finishing: wait for one, then look again
+                    self._wake.clear()
+                    await self._wait_slot(0.05)
+                elif await self._depth() == 0:
+                    return False
+                else:
+                    await self._pause(0.05)  # entries held elsewhere or scheduled: wait
+            return True
+        # Never block past the maintenance period: claims on in-flight entries must be
+        # renewed well within the visibility timeout, or a slow request is redelivered.
+        if not self._stopping:
+            self._claims.watch(self._block_s, max(1, self._free()), park_cap=cap)
+            if not started:
+                await self._claims.wait(self._wake, self._block_s)
         return True
+
+    @property
+    def _park_cap(self) -> int:
+        """A queue with this many deliveries parked (their app is down) is not claimed
+        from until they go: memory stays bounded, and the other queues go on."""
+        return _PARKED_PER_SLOT * self._settings.concurrency
+
+    async def _depth(self) -> int:
+        return sum([await lane.queue.depth() for lane in self._claims.lanes])
 
     @property
     def _period_s(self) -> float:
@@ -180,55 +250,73 @@ class Worker:
         """Longest one wait (claim or free slot) may last before maintenance runs again."""
         return min(self._settings.claim_block_s, self._period_s)
 
-    async def _maintain(self, free: int) -> list[Delivery]:
-        """Periodic work: due retries back in, claims renewed, dead consumers' entries taken."""
+    async def _maintain(self, free: int) -> Claimed:
+        """Periodic work, per queue: due retries back in, claims renewed, dead
+        consumers' entries taken (up to ``free`` in all)."""
         now = time.monotonic()
         if now - self._last_maintenance < self._period_s:
             return []
         self._last_maintenance = now
-        await self._queue.promote_due(self._now())
+        consumer = self._settings.consumer
+        for lane in self._claims.lanes:
+            await lane.queue.promote_due(self._now())
         if self._tasks:
-            await self._queue.touch(self._settings.consumer, list(self._tasks))
+            held: dict[str, list[str]] = {}
+            for name, entry_id in self._tasks:
+                held.setdefault(name, []).append(entry_id)
+            for name, entry_ids in held.items():
+                await self._lanes[name].queue.touch(consumer, entry_ids)
             await self._fleet.refresh()
-        if free <= 0:
-            return []
-        return await self._queue.reclaim(
-            self._settings.consumer, self._settings.visibility_timeout_s, free
-        )
+        out: Claimed = []
+        for lane in self._claims.lanes:
+            if free - len(out) <= 0:
+                break
+            if lane.parked < self._park_cap:
+                got = await lane.queue.reclaim(
+                    consumer, self._settings.visibility_timeout_s, free - len(out)
+                )
+                out += [(lane, delivery) for delivery in got]
+        return out
 
-    def _start(self, delivery: Delivery) -> None:
-        if delivery.entry_id in self._tasks:
-            return  # reclaimed our own entry that is still in progress
-        self._at_app.add(delivery.entry_id)
-        self._tasks[delivery.entry_id] = asyncio.create_task(self._process(delivery))
+    def _start_all(self, claimed: Claimed) -> int:
+        for lane, delivery in claimed:
+            key = (lane.name, delivery.entry_id)
+            if key in self._tasks:
+                continue  # reclaimed our own entry that is still in progress
+            seat = Seat(self._slots, on_park=lane.count_parked)
+            self._tasks[key] = asyncio.create_task(self._process(lane, delivery, seat))
+        return len(claimed)
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, lane: Lane, delivery: Delivery, seat: Seat) -> None:
         try:
-            await self._attempt(delivery)
+            await seat.acquire()
+            await self._attempt(lane, delivery, seat)
         except QueueError as exc:
             # The entry stays pending under our name and is reclaimed later: not lost.
             log.warning("could not record %s: %s", delivery.record.id, exc)
         except Exception:
             log.exception("worker failed on %s", delivery.record.id)
         finally:
-            self._tasks.pop(delivery.entry_id, None)
-            self._at_app.discard(delivery.entry_id)
+            self._tasks.pop((lane.name, delivery.entry_id), None)
+            seat.finish()
             self._wake.set()
 
-    def _answered(self, entry_id: str) -> None:
-        """The app is done with this delivery: its slot is free."""
-        self._at_app.discard(entry_id)
-        self._wake.set()
-
-    async def _attempt(self, delivery: Delivery) -> None:
-        record = delivery.record
+    async def _attempt(self, lane: Lane, delivery: Delivery, seat: Seat) -> None:
+        record, outcomes = delivery.record, lane.outcomes
         if delivery.deliveries > self._settings.max_deliveries:
-            self._answered(delivery.entry_id)
+            seat.release()
             error = f"delivered {delivery.deliveries - 1} times without finishing"
-            await self._outcomes.dead_letter(delivery, error, delivery.attempt)
+            await outcomes.dead_letter(delivery, error, delivery.attempt)
+            return
+        sender = self._senders.get(record.upstream)
+        if sender is None:  # never dialled: a shared Redis is no way to reach other hosts
+            seat.release()
+            error = f"upstream {record.upstream!r} is not configured on this worker"
+            await outcomes.dead_letter(delivery, error, delivery.attempt)
             return
         if delivery.attempt == 0 and delivery.deliveries == 1:
-            self._metrics.queue_wait_seconds.observe(max(0.0, self._now() - record.received_at))
+            wait_s = max(0.0, self._now() - record.received_at)
+            self._wait_seconds[lane.name].observe(wait_s)
         attempt = delivery.attempt + 1
         headers = upstream_request_headers(
             record.headers,
@@ -237,16 +325,20 @@ class Worker:
             forwarded=ForwardedInfo(
                 client=record.client, proto=record.scheme, policy=self._settings.forwarding
             ),
-            default_host=self._app_host,
+            default_host=sender.host,
         )
+        if record.route:
+            headers = with_injected(headers, self._settings.route_headers.get(record.route, ()))
+        if self._settings.replay_key is not None:  # a transparent proxy passes it on
+            headers.append((REPLAY_HEADER, sign(self._settings.replay_key, record.id, self._now())))
         try:
-            response = await self._sender.send(delivery, headers)
+            response = await sender.send(delivery, headers, seat=seat, queue=lane.name)
         except UpstreamError as exc:
-            self._answered(delivery.entry_id)
+            seat.release()
             failure = Failure(str(exc), reached=exc.reached, permanent=exc.permanent)
-            await self._outcomes.failed(delivery, failure, attempt)
+            await outcomes.failed(delivery, failure, attempt)
             return
-        self._answered(delivery.entry_id)
+        seat.release()  # the app is done with it: its slot is free
         if response is None:
             return  # stopping while the app was unreachable: left pending, not lost
         retry_after = None
@@ -266,7 +358,7 @@ class Worker:
                 retry_after_s=retry_after,
             )
             if may_retry(failure, record.method, record.headers):
-                await self._outcomes.retry_or_give_up(delivery, failure, attempt)
+                await outcomes.retry_or_give_up(delivery, failure, attempt)
                 return
         # A real answer (also a 5xx that is not safe to ask again) goes to the client.
         # (Built directly: dataclasses.replace costs several µs per message.)
@@ -281,10 +373,12 @@ class Worker:
             response.error,
             record.method,
         )
-        await self._outcomes.complete(delivery, response)
+        await outcomes.complete(delivery, response)
 
     async def _drain(self) -> None:
-        """Let in-flight requests finish (bounded); what is cut off stays pending, not lost."""
+        """Let in-flight requests finish (bounded); what is cut off stays pending, not
+        lost. What the idle queues' blocking reads claim meanwhile is worked on too."""
+        self._start_all(await self._claims.settle(self._block_s + _SETTLE_MARGIN_S))
         if self._tasks:
             _, pending = await asyncio.wait(
                 list(self._tasks.values()), timeout=self._settings.drain_timeout_s
@@ -294,5 +388,6 @@ class Worker:
             if pending:
                 await asyncio.wait(pending)
                 log.warning("drain timeout: %d requests left pending for reclaim", len(pending))
-        with contextlib.suppress(QueueError):
-            await self._queue.release(self._settings.consumer)
+        for lane in self._claims.lanes:
+            with contextlib.suppress(QueueError):
+                await lane.queue.release(self._settings.consumer)

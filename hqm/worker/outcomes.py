@@ -8,7 +8,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from hqm.ops.metrics import WorkerMetrics
+from prometheus_client import Counter
+
+from hqm.ops.metrics import WorkerMetrics, attempt_code
 from hqm.proto.envelope import ResponseRecord
 from hqm.queue.base import Delivery, Queue, QueueError
 from hqm.worker.retry import Failure, backoff_s, may_retry
@@ -34,18 +36,38 @@ class Outcomes:
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
-        self._done = metrics.processed.labels("done")
-        self._dead = metrics.processed.labels("dead")
+        # (labelled children looked up once: this queue's)
+        self._done = metrics.processed.labels("done", queue.name)
+        self._dead = metrics.processed.labels("dead", queue.name)
+        self._retries = metrics.retries.labels(queue.name)
+        self._dead_letters = metrics.dead_letters.labels(queue.name)
+        self._attempts: dict[str, Counter] = {}  # by code label, looked up once
+
+    def _attempted(self, status: int | None) -> None:
+        """One attempt at the app ended: with ``status``, or None (no answer)."""
+        code = attempt_code(status)
+        child = self._attempts.get(code)
+        if child is None:
+            child = self._attempts[code] = self._metrics.attempts.labels(self._queue.name, code)
+        child.inc()
 
     async def failed(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
+        self._attempted(failure.status)
         record = delivery.record
         if may_retry(failure, record.method, record.headers):
-            await self.retry_or_give_up(delivery, failure, attempt)
+            await self._retry_or_give_up(delivery, failure, attempt)
         else:
             await self.dead_letter(delivery, f"{failure.error} (attempt {attempt})", attempt)
 
     async def retry_or_give_up(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
-        if attempt >= self._settings.max_attempts:
+        """The app answered ``failure.status``, a status worth asking again."""
+        self._attempted(failure.status)
+        await self._retry_or_give_up(delivery, failure, attempt)
+
+    async def _retry_or_give_up(self, delivery: Delivery, failure: Failure, attempt: int) -> None:
+        # the record's own limit (its route's), when it has one
+        limit = delivery.record.max_attempts or self._settings.max_attempts
+        if attempt >= limit:
             tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
             error = f"{failure.error}; gave up after {tries}"
             await self.dead_letter(delivery, error, attempt)
@@ -60,16 +82,17 @@ class Outcomes:
             delay = min(max(delay, failure.retry_after_s), self._settings.retry_max_s)
         due = self._now() + delay
         await self._record(lambda: self._queue.retry_later(delivery, due, failure.error))
-        self._metrics.retries.inc()
+        self._retries.inc()
 
     async def complete(self, delivery: Delivery, response: ResponseRecord) -> None:
+        self._attempted(response.status)
         await self._record(lambda: self._queue.complete(delivery, response))
         self._done.inc()
 
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
         log.warning("dead-lettering %s: %s", delivery.record.id, error)
         await self._record(lambda: self._queue.dead_letter(delivery, error, attempts))
-        self._metrics.dead_letters.inc()
+        self._dead_letters.inc()
         self._dead.inc()
 
     async def _record(self, write: Callable[[], Awaitable[None]]) -> None:

@@ -3,7 +3,8 @@ which hold every default; nothing here repeats one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from hqm.proto.headers import ForwardingPolicy
 from hqm.worker.upstream import PoolSettings
@@ -39,3 +40,8 @@ class WorkerSettings:
     burst: bool = False
     burst_queue_timeout_s: float = 0.0
     claim_block_s: float = CLAIM_BLOCK_S
+    #: Per route name: the headers its ``inject_headers`` adds at replay (secrets: kept
+    #: in the worker's own configuration, never in the queue).
+    route_headers: Mapping[str, tuple[tuple[bytes, bytes], ...]] = field(default_factory=dict)
+    #: Signs each replay with HQM-Replay, so a transparent proxy passes it straight on.
+    replay_key: bytes | None = None

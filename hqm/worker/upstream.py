@@ -209,13 +209,21 @@ class UpstreamPool:
             conn.close()
 
     async def request(
-        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        read_timeout_s: float | None = None,
     ) -> ResponseRecord:
+        """``read_timeout_s``: this request's own limit (None: the pool's)."""
+        timeout_s = read_timeout_s or self._settings.read_timeout_s
         conn = self._checkout()
         if conn is not None:
             sent_at = self._clock()
             try:
-                return await self._exchange(conn, method, target, headers, body)
+                return await self._exchange(conn, method, target, headers, body, timeout_s)
             except _StaleConnection:
                 if self._clock() - sent_at > L.STALE_WINDOW_S:
                     # closed long after the request went: the app had it (it crashed
@@ -226,7 +234,7 @@ class UpstreamPool:
                 self.stale_retries += 1  # the app never took it: send it again
         conn = await self._connect()
         try:
-            return await self._exchange(conn, method, target, headers, body)
+            return await self._exchange(conn, method, target, headers, body, timeout_s)
         except _StaleConnection:
             raise UpstreamError(
                 "the app closed the connection without answering", reached=True
@@ -239,6 +247,7 @@ class UpstreamPool:
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
+        timeout_s: float,
     ) -> ResponseRecord:
         try:
             data = conn.proto.send_request(method, target, headers, body)
@@ -247,7 +256,7 @@ class UpstreamPool:
             raise UpstreamError(str(exc), reached=False, permanent=True) from None
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[ResponseRecord] = loop.create_future()
-        timer = loop.call_later(self._settings.read_timeout_s, _expire, waiter)
+        timer = loop.call_later(timeout_s, _expire, waiter)
         conn.exchange(data, waiter)
         try:
             response = await waiter
@@ -257,8 +266,7 @@ class UpstreamPool:
         except TimeoutError:
             conn.close()
             raise UpstreamError(
-                f"no complete answer from {self.upstream} within "
-                f"{self._settings.read_timeout_s:g} s",
+                f"no complete answer from {self.upstream} within {timeout_s:g} s",
                 reached=True,
             ) from None
         except ProtocolError as exc:

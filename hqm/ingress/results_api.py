@@ -1,0 +1,183 @@
+"""The results API on the proxy listener (docs/architecture.md §6):
+``GET`` / ``HEAD`` / ``DELETE /_hqm/requests/{id}``.
+
+- GET, HEAD: 202 + Retry-After + JSON ``{id, status, attempts, error?, not_before?}``
+  while queued, delayed, processing or retrying (a delayed one: Retry-After until it
+  is due); the stored response verbatim once done, the stored 502 record once dead;
+  410 ``{id, status: "cancelled"}`` once cancelled; 404 unknown or expired.
+- DELETE: cancels a request no worker has taken yet: 200 ``{id, status: "cancelled"}``;
+  409 once it is processing or finished, saying which; 404 unknown.
+- 503 when the queue cannot be read; 405 (with ``Allow``) for other methods.
+
+Also the pieces the proxy's handler answers with: JSON replies, stored responses, the
+log of queue failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+
+import orjson
+
+from hqm.io.http_server import Reply
+from hqm.proto.envelope import ResponseRecord
+from hqm.proto.headers import result_response_headers
+from hqm.proto.limits import RETRY_AFTER_S
+from hqm.proto.server import RequestHead
+from hqm.queue.base import CancelOutcome, Queue, QueueError, RequestState, Status
+
+REQUESTS_PATH = b"/_hqm/requests/"
+API_PREFIX = b"/_hqm/"
+_ID_RE = re.compile(rb"[0-9a-f]{32}")
+JSON = (b"Content-Type", b"application/json")
+RETRY_AFTER = (b"Retry-After", str(RETRY_AFTER_S).encode())
+UNAVAILABLE = {"error": "queue unavailable", "retry_after": RETRY_AFTER_S}
+_PENDING = frozenset({Status.QUEUED, Status.DELAYED, Status.PROCESSING, Status.RETRYING})
+_STORED = frozenset({Status.DONE, Status.DEAD})
+_METHODS = (b"GET", b"HEAD", b"DELETE")
+_ALLOW = (b"Allow", b", ".join(_METHODS))
+_UNKNOWN = "unknown or expired request id"
+
+log = logging.getLogger("hqm.ingress")
+
+
+def json_reply(status: int, payload: dict, *extra: tuple[bytes, bytes]) -> Reply:
+    return Reply(status, [JSON, *extra], orjson.dumps(payload))
+
+
+def record_reply(
+    request_id: str,
+    record: ResponseRecord,
+    *extra: tuple[bytes, bytes],
+    method: bytes,
+    answered: bytes = b"",
+) -> Reply:
+    """A stored app response, as the client asking with ``method`` gets it.
+
+    ``answered``: the method of the request the app answered (default: what the record
+    says). An answer to HEAD has no body: read with HEAD the client gets the app's
+    status and headers exactly as sent; read with another method, the framing of the
+    empty body it carries (Content-Length: 0) and ``HQM-Original-Method: HEAD``. Other
+    answers go to a HEAD framed as to a GET. A record of unknown method (stored before
+    the method was kept) with an empty body keeps its headers for a HEAD, as before.
+    A response hqm made up (``record.error`` set) without a phrase gets the standard one.
+    """
+    answered = answered or record.request_method
+    head_answer = answered == b"HEAD" or (not answered and not record.body)
+    original = b"HEAD" if answered == b"HEAD" and method != b"HEAD" else None
+    headers = result_response_headers(
+        record.headers, request_id=request_id, original_method=original
+    )
+    headers.extend(extra)
+    reason = record.reason if record.error is None or record.reason else None
+    return Reply(record.status, headers, record.body, reason, frame_from_body=not head_answer)
+
+
+class Trouble:
+    """Queue failures of one operation, for the log: the first of a run of identical
+    failures with its detail (not one line, nor a traceback, per request), and the
+    recovery with the number of requests that failed meanwhile."""
+
+    __slots__ = ("_detail", "_op", "failing", "failures")
+
+    def __init__(self, op: str) -> None:
+        self._op = op
+        self._detail = ""
+        self.failing = False
+        self.failures = 0
+
+    def failed(self, exc: Exception) -> None:
+        self.failures += 1
+        detail = f"{type(exc).__name__}: {exc}"
+        if not self.failing or detail != self._detail:
+            self.failing, self._detail = True, detail
+            log.warning(
+                "queue %s failed: %s (clients get 503; not logged again until it changes)",
+                self._op,
+                detail,
+            )
+
+    def recovered(self) -> None:
+        failures = "1 failure" if self.failures == 1 else f"{self.failures} failures"
+        log.info("queue %s works again after %s", self._op, failures)
+        self.failing, self._detail, self.failures = False, "", 0
+
+
+class ResultsApi:
+    """``/_hqm/requests/{id}`` over every queue the proxy writes to (routes may name
+    several): the one holding the id answers; the default queue is asked first."""
+
+    def __init__(
+        self, *, queues: Sequence[Queue], wall_clock: Callable[[], float] = time.time
+    ) -> None:
+        self._queues = list({id(queue): queue for queue in queues}.values())
+        self._now = wall_clock
+        self._trouble = Trouble("results read")
+
+    async def __call__(self, head: RequestHead) -> Reply:
+        path = head.target.split(b"?", 1)[0]
+        if not path.startswith(REQUESTS_PATH):
+            return json_reply(404, {"error": "no such hqm endpoint"})
+        if head.method not in _METHODS:
+            return json_reply(405, {"error": "use GET, HEAD or DELETE"}, _ALLOW)
+        request_id = path[len(REQUESTS_PATH) :]
+        if not _ID_RE.fullmatch(request_id):
+            return json_reply(404, {"error": _UNKNOWN})
+        rid = request_id.decode()
+        outcome, result = None, None
+        try:
+            queue, state = await self._locate(rid)
+            if head.method == b"DELETE":
+                outcome = CancelOutcome.UNKNOWN if queue is None else await queue.cancel(rid)
+            stored = state is not None and state.status in _STORED
+            if outcome is None and queue is not None and stored:
+                result = await queue.fetch_result(rid)
+        except QueueError as exc:
+            self._trouble.failed(exc)
+            return json_reply(503, UNAVAILABLE, RETRY_AFTER)
+        if self._trouble.failing:
+            self._trouble.recovered()
+        if outcome is not None:
+            return self._cancelled(rid, outcome, state)
+        if state is None:
+            return json_reply(404, {"error": _UNKNOWN, "id": rid})
+        if state.status in _PENDING:
+            return self._pending(rid, state)
+        if state.status is Status.CANCELLED:
+            return json_reply(410, {"id": rid, "status": Status.CANCELLED.value})
+        if result is None:
+            return json_reply(404, {"error": _UNKNOWN, "id": rid})
+        return record_reply(rid, result, method=head.method)
+
+    async def _locate(self, rid: str) -> tuple[Queue | None, RequestState | None]:
+        for queue in self._queues:
+            state = await queue.state(rid)
+            if state is not None:
+                return queue, state
+        return None, None
+
+    def _pending(self, rid: str, state: RequestState) -> Reply:
+        payload: dict = {"id": rid, "status": state.status.value, "attempts": state.attempts}
+        if state.error:
+            payload["error"] = state.error
+        retry_after = RETRY_AFTER
+        if state.not_before:
+            payload["not_before"] = state.not_before
+        if state.status is Status.DELAYED:  # nothing to see before it is due
+            wait = max(RETRY_AFTER_S, math.ceil(state.not_before - self._now()))
+            retry_after = (b"Retry-After", b"%d" % wait)
+        return json_reply(202, payload, retry_after)
+
+    def _cancelled(self, rid: str, outcome: CancelOutcome, state: RequestState | None) -> Reply:
+        if outcome is CancelOutcome.CANCELLED:
+            return json_reply(200, {"id": rid, "status": Status.CANCELLED.value})
+        if outcome is CancelOutcome.UNKNOWN or state is None:
+            return json_reply(404, {"error": _UNKNOWN, "id": rid})
+        # Not cancellable: a state still saying "waiting" means a worker has claimed it.
+        status = Status.PROCESSING if state.status in _PENDING else state.status
+        error = f"too late to cancel: the request is {status.value}"
+        return json_reply(409, {"error": error, "id": rid, "status": status.value})

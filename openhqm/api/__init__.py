@@ -1,0 +1,1 @@
+"""``openhqm.api.listener``: the original's API container command."""

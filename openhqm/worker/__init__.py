@@ -1,0 +1,1 @@
+"""``openhqm.worker.worker``: the original's worker command."""
