@@ -18,6 +18,7 @@ from hqm.io.address import Address
 from hqm.io.clock import Clock
 from hqm.io.fdlimit import connection_limit, raise_nofile
 from hqm.io.http_server import ConnectionTracker, Routing, serve
+from hqm.ops.access_log import AccessLog
 from hqm.ops.admin import AdminHandler
 from hqm.ops.metrics import ProxyMetrics, QueueMetrics, WorkerMetrics
 from hqm.ops.queue_gauges import QueueGauges, StatsSettings
@@ -202,6 +203,7 @@ async def run_proxy(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Bound], None] | None = None,
     clock: Clock | None = None,
+    reuse_port: bool = False,
 ) -> None:
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
@@ -231,6 +233,7 @@ async def run_proxy(
     )
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry)
+    access_log = AccessLog(settings=settings.access_log, on_drop=metrics.access_log_dropped.inc)
     embedded = settings.embedded_worker
     pools = upstream_pools(
         settings.upstream, settings.upstreams, embedded.pool if embedded else None
@@ -249,6 +252,7 @@ async def run_proxy(
             settings=embedded,
             fleet=_fleet(embedded, None, settings.queue, worker_metrics),
             metrics=worker_metrics,
+            access_log=access_log,
         )
         worker_task = asyncio.get_running_loop().create_task(worker.run())
     max_connections = connection_limit(raise_nofile(), configured=settings.max_connections)
@@ -267,19 +271,25 @@ async def run_proxy(
     )
 
     handler = ProxyHandler(
-        queue=queue, queues=queues, passthrough=passthrough, settings=settings, metrics=metrics
+        queue=queue,
+        queues=queues,
+        passthrough=passthrough,
+        settings=settings,
+        metrics=metrics,
+        access_log=access_log,
     )
     server = await _listen(
         "--listen",
         settings.listen,
-        handler,
+        handler.logged if access_log.enabled else handler,
         limits=settings.limits,
         tracker=tracker,
         clock=clock,
-        # without routes (or a transparent port or a replay to tell) every request is
-        # queued: no decision per request to make
+        # no routes, transparent port or replay: every request is queued, nothing to decide
         routing=Routing(handler.classify, handler.stream) if _decides(settings) else None,
         transparent=settings.transparent,
+        reuse_port=reuse_port,
+        connection=settings.connection,
     )
     admin, admin_tracker = await _serve_admin(
         settings.admin,
@@ -311,6 +321,7 @@ async def run_proxy(
     if gauges is not None:
         await gauges.close()
     await _close(admin, admin_tracker, pools.values(), [queue])
+    access_log.close()
     log.info("stopped")
 
 
@@ -330,6 +341,7 @@ async def run_worker(
     registry = CollectorRegistry()
     pools = upstream_pools(run.upstream, run.upstreams, run.worker.pool)
     metrics = WorkerMetrics(registry)
+    access_log = AccessLog(settings=run.worker.access_log, on_drop=metrics.access_log_dropped.inc)
     # (fleet-wide limits: those of the first queue, whatever queue a request came from)
     fleet = _fleet(run.worker, run.redis_url, run.queues.names[0], metrics)
     worker = Worker(
@@ -339,6 +351,7 @@ async def run_worker(
         metrics=metrics,
         weights=run.queues.weights,
         fleet=fleet,
+        access_log=access_log,
     )
 
     async def ready() -> bool:
@@ -381,4 +394,5 @@ async def run_worker(
         await fleet.close()
         if gauges is not None:
             await gauges.close()
+        access_log.close()
         log.info("worker stopped")

@@ -40,6 +40,12 @@ def _valid(option: Option) -> tuple[str, Any]:
         return "redis://:secret@127.0.0.1:6391/2", "redis://:secret@127.0.0.1:6391/2"
     if option.name == "log-level":
         return "debug", "debug"
+    if option.name == "access-log":
+        return "sampled", "sampled"
+    if option.name == "parser":
+        return "h11", "h11"
+    if kind == "ratio":
+        return "0.5", 0.5
     if option.name == "mode":
         # hqm proxy's reply mode, hqm iptables's backend
         return ("legacy", "legacy") if option.default == "auto" else ("wait", "wait")
@@ -66,6 +72,8 @@ def _invalid(option: Option) -> list[tuple[str, Any]]:
     """Invalid values: (text for flag/env, the TOML value)."""
     if option.kind in ("int", "bytes", "seconds", "req/s"):
         return [("-1", -1), ("abc", "abc")]
+    if option.kind == "ratio":
+        return [("1.5", 1.5), ("abc", "abc")]
     if option.kind == "bool":
         return [("maybe", "maybe")]
     if option.kind == "choice":

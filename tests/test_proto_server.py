@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hqm.proto.fast_server import connection_factory
 from hqm.proto.limits import MIB, Limits
 from hqm.proto.server import (
     AwaitingResponse,
@@ -19,6 +20,19 @@ from hqm.proto.server import (
     ServerConnection,
 )
 from tests.http_strategies import GeneratedRequest, mutated_requests, pipelines, requests, split
+
+#: Every test here runs under both engines (module-scoped: hypothesis allows it).
+ENGINES = ["h11", "auto"]
+
+
+@pytest.fixture(scope="module", autouse=True, params=ENGINES)
+def engine(request):
+    global ServerConnection
+    reference = ServerConnection
+    ServerConnection = connection_factory(request.param)
+    yield request.param
+    ServerConnection = reference
+
 
 DEFAULT = Limits()
 SMALL = Limits(max_header_bytes=1024, max_body_bytes=100)

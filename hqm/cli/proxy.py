@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from hqm.cli.common import build_or_exit, resolved_or_exit, run, table_options
-from hqm.config.build import proxy_settings
+from hqm.cli.supervise import (
+    Children,
+    check_admin,
+    command_line,
+    mark_child_logs,
+    reserve,
+    supervise,
+)
+from hqm.config.build import process_count, proxy_settings
 from hqm.config.openhqm_env import log_ignored
 from hqm.config.tables import PROXY
 from hqm.ops.logs import setup as setup_logging
@@ -21,8 +29,16 @@ def proxy(**flags) -> None:
     resolved = resolved_or_exit(PROXY, flags)
     values = resolved.effective
     settings = build_or_exit(lambda: proxy_settings(values))
+    count = build_or_exit(lambda: process_count(values))
     setup_logging(values["log-level"])
+    if count > 1:
+        check_admin(settings.admin, count)
+        reserved, listen = reserve(settings.listen)
+        children = Children(count=count, base=command_line(), admin=settings.admin, listen=listen)
+        supervise(children, reserved)
+    child = mark_child_logs()
     log_ignored(resolved.ignored)
     from hqm.assembly import run_proxy
 
-    run(run_proxy(settings))
+    # (a supervisor's child shares the port with its siblings)
+    run(run_proxy(settings, reuse_port=child is not None))

@@ -16,6 +16,7 @@ from hqm.ingress.routes import RouteTable
 from hqm.ingress.settings import ProxySettings
 from hqm.io.iptables_apply import IptablesRun
 from hqm.io.iptables_rules import Family, InboundPlan
+from hqm.ops.access_log import AccessLogSettings
 from hqm.ops.queue_gauges import StatsSettings
 from hqm.proto.headers import ForwardingPolicy
 from hqm.proto.limits import Limits
@@ -55,7 +56,12 @@ def worker_settings(values: Effective, *, consumer: str) -> WorkerSettings:
         burst_queue_timeout_s=values["burst-timeout"] if burst else 0.0,
         route_headers={r.name: r.inject_headers for r in route_table(values).routes},
         replay_key=replay_key(values),
+        access_log=access_log_settings(values),
     )
+
+
+def access_log_settings(values: Effective) -> AccessLogSettings:
+    return AccessLogSettings(mode=values["access-log"], sample=values["access-log-sample"])
 
 
 def replay_key(values: Effective) -> bytes | None:
@@ -130,9 +136,23 @@ def proxy_settings(values: Effective) -> ProxySettings:
         routes=route_table(values),
         openhqm_api=values["openhqm-api"],
         transparent=values["transparent"],
+        parser=values["parser"],
         replay_key=replay_key(values),
         openhqm_target=values["openhqm-target"].encode(),
+        access_log=access_log_settings(values),
     )
+
+
+def process_count(values: Effective) -> int:
+    """``--processes``: the children a supervisor starts (1: this process serves).
+    The embedded queue lives in one process: a result would be found only by the
+    child that took the request, so several need Redis."""
+    count = values["processes"]
+    if count > 1 and values.command.name == "proxy" and not values["redis"]:
+        raise ConfigError(
+            f"--processes {count}: needs --redis (each process's embedded queue is its own)"
+        )
+    return count
 
 
 def _queue_set(value: QueueSet | str) -> QueueSet:

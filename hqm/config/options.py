@@ -92,6 +92,7 @@ _FILE_TYPES: dict[str, tuple[type, ...]] = {
     "bytes": (int,),
     "seconds": (int, float),
     "req/s": (int, float),
+    "ratio": (int, float),
     "bool": (bool,),
 }
 _TOML_NAMES = {

@@ -27,7 +27,10 @@ from hqm.config.options import (
     upstream_address,
 )
 from hqm.config.tables_admission import ADMISSION
+from hqm.config.tables_logs import ACCESS_LOG
 from hqm.config.tables_openhqm import OPENHQM_API
+from hqm.config.tables_parser import PARSER
+from hqm.config.tables_processes import PROCESSES
 from hqm.config.tables_queue import QUEUE, WORKER_QUEUE
 from hqm.config.tables_transparent import REPLAY, TRANSPARENT
 from hqm.proto import limits as L
@@ -233,6 +236,7 @@ PROXY = Command(
             listen_address(),
         ),
         UPSTREAM,
+        PROCESSES,
         Option(
             "admin",
             "address",
@@ -303,6 +307,7 @@ PROXY = Command(
             "Idle keep-alive connections are closed after this.",
             seconds(zero_ok=False),
         ),
+        PARSER,
         *ADMISSION,
         *OPENHQM_API,
         TRANSPARENT,
@@ -310,6 +315,7 @@ PROXY = Command(
         RESULT_TTL,
         DRAIN_TIMEOUT,
         LOG_LEVEL,
+        *ACCESS_LOG,
         CONFIG,
         *(_embedded(option) for option in _WORKER_LOOP),
         *_APP_LINK,
@@ -330,6 +336,7 @@ WORKER = Command(
             display=redact_url,
         ),
         UPSTREAM,
+        PROCESSES,
         WORKER_QUEUE,
         Option(
             "consumer",
@@ -368,6 +375,7 @@ WORKER = Command(
         RESULT_TTL,
         DRAIN_TIMEOUT,
         LOG_LEVEL,
+        *ACCESS_LOG,
         CONFIG,
     ),
 )

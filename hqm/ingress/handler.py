@@ -32,6 +32,7 @@ from hqm.ingress.routes import Decision, Route
 from hqm.ingress.settings import ProxySettings
 from hqm.io.http_server import Peer, Reply
 from hqm.io.streams import BodyStream, ResponseStream
+from hqm.ops.access_log import AccessLog, ResponseTap, proxy_entry, request_id_of
 from hqm.ops.metrics import ProxyMetrics
 from hqm.proto.envelope import RequestRecord
 from hqm.proto.headers import REQUEST_ID, header_value
@@ -39,6 +40,7 @@ from hqm.proto.limits import RETRY_AFTER_S
 from hqm.proto.prefer import parse_prefer
 from hqm.proto.replay_token import HEADER, verify
 from hqm.proto.server import RequestHead
+from hqm.proto.traceparent import trace_id_of
 from hqm.queue.base import Queue, QueueError, QueueFull
 
 _FULL = {"error": "queue full", "retry_after": RETRY_AFTER_S}
@@ -78,7 +80,10 @@ class ProxyHandler:
         wall_clock: Callable[[], float] = time.time,
         queues: Mapping[str, Queue] | None = None,
         passthrough: PassThrough | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
+        #: --access-log: ``logged`` is then the server's handler (None: off).
+        self._access = access_log if access_log is not None and access_log.enabled else None
         self._queue = queue
         #: By name, every queue a route names (the default queue among them).
         self._queues = dict(queues or {})
@@ -105,8 +110,53 @@ class ProxyHandler:
             else None
         )
 
-    async def __call__(
+    async def logged(
         self, head: RequestHead, body: bytes, peer: Peer, decision: object = None
+    ) -> Reply:
+        """``__call__``, and its access-log line (the server's handler with --access-log)."""
+        access = self._access
+        if access is None or not access.wanted():
+            return await self(head, body, peer, decision)
+        ts, started = self._now(), time.perf_counter()
+        note: dict[str, str] = {}
+        status, bytes_out, request_id = 500, 0, ""
+        try:
+            reply = await self(head, body, peer, decision, note)
+            status, bytes_out = reply.status, len(reply.body)
+            request_id = note.get("id") or request_id_of(reply.headers)
+            return reply
+        finally:
+            if head.target.startswith(_API_PREFIX) or (
+                self._openhqm is not None and head.target.startswith(OPENHQM_PREFIX)
+            ):
+                route, action = "api", "api"
+            else:
+                if not isinstance(decision, Decision):
+                    decision = self._api_decision
+                route, action = decision.route.name, decision.action
+            access.add(
+                proxy_entry(
+                    head,
+                    ts=ts,
+                    client=peer.host,
+                    status=status,
+                    bytes_in=len(body),
+                    bytes_out=bytes_out,
+                    elapsed_s=time.perf_counter() - started,
+                    route=route,
+                    action=action,
+                    request_id=request_id,
+                    mode=note.get("mode", ""),
+                )
+            )
+
+    async def __call__(
+        self,
+        head: RequestHead,
+        body: bytes,
+        peer: Peer,
+        decision: object = None,
+        note: dict[str, str] | None = None,
     ) -> Reply:
         if head.target.startswith(_API_PREFIX):
             return await self._results(head)
@@ -155,7 +205,10 @@ class ProxyHandler:
             timeout_s=route.timeout_s,
             max_attempts=route.max_attempts,
             route="" if route is self._routes.default else route.name,
+            trace_id=trace_id_of(head.headers),
         )
+        if note is not None:
+            note["mode"] = mode
         started = time.perf_counter()
         try:
             enqueued = await queue.enqueue(record, idempotency=admitted.idempotency)
@@ -171,6 +224,8 @@ class ProxyHandler:
             self._count(mode, "conflict")
             return _json_reply(422, _CONFLICT)
         request_id = enqueued.request_id  # a duplicate's: the first request's
+        if note is not None:
+            note["id"] = request_id
         if mode == "wait":
             try:
                 result = await queue.wait_result(request_id, wait_s)
@@ -236,9 +291,41 @@ class ProxyHandler:
         self._route_count(route.name, "pass")
         self._count("pass", "passed")
         assert self._pass is not None
-        await self._pass.relay(
-            head, decision.upstream, route.inject_headers, route.timeout_s, peer, body, out
-        )
+        access = self._access
+        if access is None or not access.wanted():
+            await self._pass.relay(
+                head, decision.upstream, route.inject_headers, route.timeout_s, peer, body, out
+            )
+            return
+        ts, started = self._now(), time.perf_counter()
+        tap = ResponseTap(out)
+        try:
+            await self._pass.relay(
+                head,
+                decision.upstream,
+                route.inject_headers,
+                route.timeout_s,
+                peer,
+                body,
+                ResponseStream(tap),
+            )
+        finally:
+            declared = header_value(head.headers, b"content-length")
+            access.add(
+                proxy_entry(
+                    head,
+                    ts=ts,
+                    client=peer.host,
+                    status=tap.status,
+                    bytes_in=int(declared) if declared and declared.isdigit() else None,
+                    bytes_out=tap.bytes_out,
+                    elapsed_s=time.perf_counter() - started,
+                    route=route.name,
+                    action="pass",
+                    request_id=tap.request_id,
+                    mode="pass",
+                )
+            )
 
     def _reply_mode(self, head: RequestHead, route: Route) -> tuple[str, float, bytes]:
         """(mode, wait seconds, Preference-Applied value) for this request."""

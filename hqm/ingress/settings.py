@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from hqm.ingress.passthrough import PassSettings
 from hqm.ingress.routes import RouteTable
 from hqm.io.address import Address
+from hqm.ops.access_log import AccessLogSettings
 from hqm.ops.queue_gauges import StatsSettings
+from hqm.proto.fast_server import connection_factory
 from hqm.proto.headers import ForwardingPolicy
 from hqm.proto.limits import IDEMPOTENCY_TTL_S, MAX_DELAY_S, Limits
+from hqm.proto.server import ServerConnection
 from hqm.worker.settings import WorkerSettings
 
 REPLY_MODES = ("async", "wait", "fire")
@@ -49,6 +52,8 @@ class ProxySettings:
     #: request-target its submits go to on ``upstream`` (set from the options table;
     #: these defaults only serve settings built by hand).
     openhqm_api: bool = False
+    #: --parser: auto (httptools for plain requests, h11 for the rest) or h11.
+    parser: str = "auto"
     #: Behind ``hqm iptables``: each connection goes to the app on the port it dialled.
     transparent: bool = False
     #: The key of HQM-Replay (None: no replay is recognised; the header is dropped).
@@ -61,3 +66,10 @@ class ProxySettings:
     forwarding: ForwardingPolicy = field(
         default_factory=lambda: ForwardingPolicy(enabled=True, trusted_hops=0)
     )
+    #: --access-log, --access-log-sample (``hqm.ops.access_log``).
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
+
+    @property
+    def connection(self) -> type[ServerConnection]:
+        """The server connection class ``--parser`` names (``hqm.proto.fast_server``)."""
+        return connection_factory(self.parser)

@@ -86,6 +86,7 @@ class HttpProtocol(StreamingMixin, asyncio.Protocol):
         clock: Clock,
         routing: Routing | None = None,
         transparent: bool = False,
+        connection: type[ServerConnection] = ServerConnection,
     ) -> None:
         self._handler = handler
         self._transparent = transparent
@@ -94,7 +95,7 @@ class HttpProtocol(StreamingMixin, asyncio.Protocol):
         self._clock = clock
         self._routing = routing
         classify = None if routing is None else (lambda head: routing.classify(head, self._peer))
-        self._conn = ServerConnection(limits, classify)
+        self._conn = connection(limits, classify)
         #: The streamed body being received (pass-through), and the answer's drain wait.
         self._body: BodyStream | None = None
         self._drained: asyncio.Future[None] | None = None
@@ -371,11 +372,12 @@ async def serve(
     backlog: int = 4096,
     routing: Routing | None = None,
     transparent: bool = False,
+    reuse_port: bool = False,
+    connection: type[ServerConnection] = ServerConnection,
 ) -> asyncio.Server:
-    """Start listening; the returned server is already serving."""
+    """Start listening, already serving; ``reuse_port``: SO_REUSEPORT, one per core."""
     clock = clock or LoopClock()
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
+    return await asyncio.get_running_loop().create_server(
         lambda: HttpProtocol(
             handler,
             limits=limits,
@@ -383,11 +385,13 @@ async def serve(
             clock=clock,
             routing=routing,
             transparent=transparent,
+            connection=connection,
         ),
         host,
         port,
         backlog=backlog,
         reuse_address=True,
+        reuse_port=reuse_port,
     )
 
 

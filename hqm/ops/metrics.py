@@ -44,6 +44,11 @@ class ProxyMetrics:
             ["queue"],
             registry=registry,
         )
+        self.access_log_dropped = Counter(
+            "hqm_proxy_access_log_dropped",
+            "Access-log lines dropped because the buffer was full (stderr not keeping up).",
+            registry=registry,
+        )
 
 
 class WorkerMetrics:
@@ -96,6 +101,11 @@ class WorkerMetrics:
             "hqm_worker_attempts",
             "Requests sent to the app, by the app's status code (error: no answer).",
             ["queue", "code"],
+            registry=registry,
+        )
+        self.access_log_dropped = Counter(
+            "hqm_worker_access_log_dropped",
+            "Worker access-log lines dropped because the buffer was full.",
             registry=registry,
         )
 

@@ -24,8 +24,8 @@ error, not a shorter body); header bytes travel as latin-1 strings, which maps e
 byte 0-255 to one code point and back, so any header h11 accepts round-trips.
 Optional head keys are written only when set and read with their default, so records
 with and without them decode on either side of an upgrade (still version 1):
-``request_method`` of a response; ``timeout_s``, ``max_attempts``, ``not_before`` and
-``route`` of a request.
+``request_method`` of a response; ``timeout_s``, ``max_attempts``, ``not_before``,
+``route`` and ``trace_id`` of a request.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ class RequestRecord:
     not_before: float = 0.0
     #: The route that queued it ("" for the default route): the metric label.
     route: str = ""
+    #: The W3C trace id of its ``traceparent`` ("" when none or invalid): for the logs
+    #: only (the header itself travels with the others, untouched).
+    trace_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +182,7 @@ def encode_request(record: RequestRecord) -> bytes:
         ("max_attempts", record.max_attempts),
         ("not_before", record.not_before),
         ("route", record.route),
+        ("trace_id", record.trace_id),
     ):
         if value:
             head[key] = value
@@ -205,6 +209,7 @@ def decode_request(data: bytes) -> RequestRecord:
             max_attempts=_optional(head, "max_attempts", int, 0),
             not_before=float(_optional(head, "not_before", (int, float), 0.0)),
             route=_optional(head, "route", str, ""),
+            trace_id=_optional(head, "trace_id", str, ""),
         )
     except (KeyError, UnicodeEncodeError) as exc:
         raise EnvelopeError(f"malformed request record: {exc!r}") from None

@@ -166,21 +166,25 @@ class ServerConnection:
                     raise ProtocolError("request body too large", error_status_hint=413)
                 self._body.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
-                assert self._head is not None
-                if self._streaming:
-                    self._streaming = False
-                    if self._h11.our_state is h11.DONE:
-                        self._next_cycle()  # answered before the body was all in
-                    else:
-                        self._awaiting = True
-                    return BODY_END
-                head, body = self._head, b"".join(self._body)
-                self._body = []
-                self._awaiting = True
-                return RequestReceived(head, body, self._decision)
+                return self._end_of_message()
             elif isinstance(event, h11.ConnectionClosed):
                 self._failed = True
                 return PEER_CLOSED
+
+    def _end_of_message(self) -> Event:
+        """The request is all in: the whole request, or the end of a streamed body."""
+        assert self._head is not None
+        if self._streaming:
+            self._streaming = False
+            if self._h11.our_state is h11.DONE:
+                self._next_cycle()  # answered before the body was all in
+            else:
+                self._awaiting = True
+            return BODY_END
+        head, body = self._head, b"".join(self._body)
+        self._body = []
+        self._awaiting = True
+        return RequestReceived(head, body, self._decision)
 
     # --- state for the IO layer ---------------------------------------------
     @property

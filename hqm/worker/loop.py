@@ -8,7 +8,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
+from hqm.ops.access_log import AccessLog
 from hqm.ops.metrics import WorkerMetrics
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.headers import (
@@ -22,7 +24,7 @@ from hqm.proto.replay_token import sign
 from hqm.queue.base import Delivery, Queue, QueueError
 from hqm.worker.claims import Claimed, Claimer, Lane
 from hqm.worker.fleet import FleetGate
-from hqm.worker.outcomes import Outcomes
+from hqm.worker.outcomes import Outcomes, log_ids
 from hqm.worker.queues import ClaimOrder
 from hqm.worker.ratelimit import RateLimiter
 from hqm.worker.retry import (
@@ -73,6 +75,7 @@ class Worker:
         weights: Sequence[int] | None = None,
         wall_clock: Callable[[], float] = time.time,
         fleet: FleetGate | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -106,13 +109,8 @@ class Worker:
             )
             for name, pool in pools.items()
         }
-        lanes = [
-            Lane(
-                queue,
-                Outcomes(queue=queue, settings=settings, metrics=metrics, wall_clock=wall_clock),
-            )
-            for queue in queues
-        ]
+        outcomes = partial(Outcomes, settings=settings, metrics=metrics, wall_clock=wall_clock)
+        lanes = [Lane(queue, outcomes(queue=queue, access_log=access_log)) for queue in queues]
         self._lanes = {lane.name: lane for lane in lanes}
         self._wait_seconds = {
             lane.name: metrics.queue_wait_seconds.labels(lane.name) for lane in lanes
@@ -288,14 +286,15 @@ class Worker:
         return len(claimed)
 
     async def _process(self, lane: Lane, delivery: Delivery, seat: Seat) -> None:
+        record = delivery.record
         try:
             await seat.acquire()
             await self._attempt(lane, delivery, seat)
         except QueueError as exc:
             # The entry stays pending under our name and is reclaimed later: not lost.
-            log.warning("could not record %s: %s", delivery.record.id, exc)
+            log.warning("could not record %s: %s", record.id, exc, extra=log_ids(record))
         except Exception:
-            log.exception("worker failed on %s", delivery.record.id)
+            log.exception("worker failed on %s", record.id, extra=log_ids(record))
         finally:
             self._tasks.pop((lane.name, delivery.entry_id), None)
             seat.finish()

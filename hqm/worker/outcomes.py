@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
+from hqm.ops.access_log import AccessLog, worker_entry
 from hqm.ops.metrics import WorkerMetrics, attempt_code
-from hqm.proto.envelope import ResponseRecord
+from hqm.proto.envelope import RequestRecord, ResponseRecord
 from hqm.queue.base import Delivery, Queue, QueueError
 from hqm.worker.retry import Failure, backoff_s, may_retry
 from hqm.worker.settings import WorkerSettings
@@ -23,6 +24,14 @@ log = logging.getLogger("hqm.worker.loop")
 _RECORD_RETRY_S = (0.1, 2.0)
 
 
+def log_ids(record: RequestRecord) -> dict[str, str]:
+    """The ``extra`` of a log line about one request: its id, and its trace id when it
+    has one (so one grep follows a request from the proxy's line to the worker's)."""
+    if record.trace_id:
+        return {"request_id": record.id, "trace_id": record.trace_id}
+    return {"request_id": record.id}
+
+
 class Outcomes:
     def __init__(
         self,
@@ -31,8 +40,11 @@ class Outcomes:
         settings: WorkerSettings,
         metrics: WorkerMetrics,
         wall_clock: Callable[[], float],
+        access_log: AccessLog | None = None,
     ) -> None:
         self._queue = queue
+        #: --access-log: a line per finished request (None: off).
+        self._access = access_log if access_log is not None and access_log.enabled else None
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
@@ -88,12 +100,36 @@ class Outcomes:
         self._attempted(response.status)
         await self._record(lambda: self._queue.complete(delivery, response))
         self._done.inc()
+        if self._access is not None and self._access.wanted():
+            self._access.add(
+                worker_entry(
+                    delivery.record,
+                    now=self._now(),
+                    queue=self._queue.name,
+                    outcome="done",
+                    status=response.status,
+                    attempts=response.attempts,
+                )
+            )
 
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
-        log.warning("dead-lettering %s: %s", delivery.record.id, error)
+        record = delivery.record
+        log.warning("dead-lettering %s: %s", record.id, error, extra=log_ids(record))
         await self._record(lambda: self._queue.dead_letter(delivery, error, attempts))
         self._dead_letters.inc()
         self._dead.inc()
+        if self._access is not None and self._access.wanted():
+            self._access.add(
+                worker_entry(
+                    record,
+                    now=self._now(),
+                    queue=self._queue.name,
+                    outcome="dead",
+                    status=None,
+                    attempts=attempts,
+                    error=error,
+                )
+            )
 
     async def _record(self, write: Callable[[], Awaitable[None]]) -> None:
         """Record an outcome. While the queue is unreachable (Redis restarting) keep it

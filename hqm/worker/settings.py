@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hqm.ops.access_log import AccessLogSettings
 from hqm.proto.headers import ForwardingPolicy
 from hqm.worker.upstream import PoolSettings
 
@@ -45,3 +46,5 @@ class WorkerSettings:
     route_headers: Mapping[str, tuple[tuple[bytes, bytes], ...]] = field(default_factory=dict)
     #: Signs each replay with HQM-Replay, so a transparent proxy passes it straight on.
     replay_key: bytes | None = None
+    #: --access-log, --access-log-sample: a line per finished request (``hqm.ops.access_log``).
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
