@@ -383,3 +383,75 @@ def test_a_request_on_a_route_queue_is_read_and_cancelled_through_its_location(
         assert [s.target for s in backend.seen] == [b"/reports/a"]
     finally:
         hqm.terminate()
+
+
+class ClosesKeptConnections:
+    """An app that answers the first request of each connection, then reads the next one
+    and closes without answering (a keep-alive connection it had given up on)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        app = h11.Connection(h11.SERVER)
+        with conn:
+            answered = False
+            while True:
+                event = app.next_event()
+                if event is h11.NEED_DATA:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    app.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    self.requests += 1
+                    if answered:
+                        return  # closes: the request never reaches the app's code
+                elif isinstance(event, h11.EndOfMessage):
+                    body = b"fresh"
+                    headers = [(b"Content-Length", b"%d" % len(body))]
+                    conn.sendall(app.send(h11.Response(status_code=200, headers=headers)))
+                    conn.sendall(app.send(h11.Data(data=body)) + app.send(h11.EndOfMessage()))
+                    app.start_next_cycle()
+                    answered = True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_kept_connection_the_app_closed_is_retried_once_for_a_bodyless_request(tmp_path):
+    app = ClosesKeptConnections()
+    routes = config(tmp_path, '[[routes]]\nname = "all"\naction = "pass"\n')
+    hqm = proxy(f"127.0.0.1:{app.port}", "--config", routes)
+    try:
+        for _ in range(2):  # the second goes out on the kept connection first
+            answer = request(hqm.port, b"GET", b"/", [(b"Host", b"a")])
+            assert (answer.status, answer.body) == (200, b"fresh")
+        assert app.requests == 3  # the first, the one the app dropped, its retry
+    finally:
+        hqm.terminate()
+        app.close()
+
+
+def test_a_pass_route_with_a_slow_app_answers_504(tmp_path, backend):
+    release = threading.Event()
+    backend.respond = lambda seen: (release.wait(30), Answer(200, [], b"late"))[1]
+    routes = config(tmp_path, '[[routes]]\nname = "slow"\naction = "pass"\ntimeout = 0.2\n')
+    hqm = proxy(backend.address, "--config", routes)
+    try:
+        answer = request(hqm.port, b"GET", b"/", [(b"Host", b"a")])
+        assert answer.status == 504 and "no answer from the app" in answer.json()["error"]
+    finally:
+        release.set()
+        hqm.terminate()

@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from hqm.ingress.admission import admit
+from hqm.proto.events import RequestHead
 from hqm.proto.schedule import (
     ScheduleError,
     not_before,
     parse_delay,
     parse_not_before,
-    without_schedule,
 )
 
 NOW = 1_796_000_000.0
@@ -110,18 +111,15 @@ def test_the_bound_itself_is_allowed() -> None:
     assert not_before(((b"HQM-Delay", b"2592000"),), now=NOW, max_delay_s=MONTH) == NOW + MONTH
 
 
-def test_both_headers_are_removed_and_nothing_else() -> None:
-    headers = (
-        (b"Host", b"x"),
-        (b"hqm-delay", b"5"),
-        (b"X-Keep", b"1"),
-        (b"HQM-Not-Before", b"1"),
-        (b"HQM-Request-Id", b"kept: dropped at replay"),
-    )
-    assert without_schedule(headers) == (
-        (b"Host", b"x"),
-        (b"X-Keep", b"1"),
-        (b"HQM-Request-Id", b"kept: dropped at replay"),
-    )
-    plain = ((b"Host", b"x"),)
-    assert without_schedule(plain) is plain
+def test_the_headers_for_hqm_are_removed_and_nothing_else() -> None:
+    def stored(*headers: tuple[bytes, bytes]) -> tuple:
+        head = RequestHead(b"POST", b"/", headers, b"1.1")
+        return admit(head, b"", route="", now=NOW, idempotency_ttl_s=1.0, max_delay_s=MONTH).headers
+
+    kept = ((b"Host", b"x"), (b"X-Keep", b"1"), (b"HQM-Request-Id", b"kept: dropped at replay"))
+    for schedule in ((b"hqm-delay", b"5"), (b"HQM-Not-Before", b"%d" % (NOW + 5))):
+        headers = (kept[0], schedule, kept[1], (b"HQM-Replay", b"v1.forged"), kept[2])
+        assert stored(*headers) == kept
+    plain = RequestHead(b"GET", b"/", kept, b"1.1")
+    admitted = admit(plain, b"", route="", now=NOW, idempotency_ttl_s=1.0, max_delay_s=MONTH)
+    assert admitted.headers is kept  # nothing to remove: no copy

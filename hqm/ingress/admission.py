@@ -19,10 +19,15 @@ from dataclasses import dataclass
 
 from hqm.proto.envelope import Headers
 from hqm.proto.limits import MAX_IDEMPOTENCY_KEY_CHARS
-from hqm.proto.schedule import ScheduleError, not_before, without_schedule
+from hqm.proto.replay_token import HEADER as REPLAY_HEADER
+from hqm.proto.schedule import HEADER_NAMES as SCHEDULE_HEADERS
+from hqm.proto.schedule import ScheduleError, not_before
 from hqm.proto.server import RequestHead
 from hqm.queue.base import IdempotencyClaim
 
+#: Headers addressed to hqm itself, never stored: the schedule (HQM-Delay,
+#: HQM-Not-Before) and HQM-Replay (only a proxy reads it; each replay mints its own).
+CONSUMED = SCHEDULE_HEADERS | {REPLAY_HEADER.lower()}
 IDEMPOTENCY_KEY = "Idempotency-Key"
 _FIELD = IDEMPOTENCY_KEY.lower().encode()
 #: RFC 8941 §3.3.3 sf-string: printable ASCII in quotes, \" and \\ escaped.
@@ -46,7 +51,7 @@ class AdmissionError(ValueError):
 class Admission:
     """How to store an admitted request."""
 
-    #: The headers to store (HQM-Delay / HQM-Not-Before removed).
+    #: The headers to store (``CONSUMED`` removed).
     headers: Headers
     #: Epoch seconds before which it must not be replayed (0.0: no schedule).
     not_before: float
@@ -121,4 +126,11 @@ def admit(
             body=body,
             ttl_s=idempotency_ttl_s,
         )
-    return Admission(headers=without_schedule(head.headers), not_before=due, idempotency=claim)
+    return Admission(headers=_stored(head.headers), not_before=due, idempotency=claim)
+
+
+def _stored(headers: Headers) -> Headers:
+    """``headers`` without ``CONSUMED`` (the same tuple when none is there)."""
+    if not any(name.lower() in CONSUMED for name, _ in headers):
+        return headers
+    return tuple((name, value) for name, value in headers if name.lower() not in CONSUMED)

@@ -57,14 +57,6 @@ _REPLAY = Route(name="replay", action="pass")
 REPLAY_HEADER_LOWER = HEADER.lower()
 
 
-def without_replay(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
-    """The headers without any HQM-Replay: only a proxy reads it, nothing stores it."""
-    for name, _ in headers:
-        if name.lower() == REPLAY_HEADER_LOWER:
-            return tuple(h for h in headers if h[0].lower() != REPLAY_HEADER_LOWER)
-    return headers
-
-
 def new_request_id() -> str:
     """128 random bits, hex: unguessable, so the id is the capability to read the result."""
     return secrets.token_hex(16)
@@ -193,7 +185,7 @@ class ProxyHandler:
             id=request_id,
             method=head.method,
             target=head.target,
-            headers=without_replay(admitted.headers),
+            headers=admitted.headers,
             body=body,
             http_version=head.http_version,
             client=peer.host,

@@ -140,28 +140,22 @@ class PassThrough:
         """The exchange; the link when it can carry another one."""
         timeout = timeout_s or self._settings.read_timeout_s
         request_id = header_value(headers, b"hqm-request-id").decode()
-        link = self._checkout(address)
-        if link is None:
-            link = await self._connect(address)
-        link.writer.write(link.relay.start(head.method, head.target, headers))
-        sender = asyncio.ensure_future(self._send_body(link, body))
-        try:
+        link = self._checkout(address) or await self._connect(address)
+        while True:  # twice at most: a fresh link is never retried
+            link.writer.write(link.relay.start(head.method, head.target, headers))
+            sender = asyncio.ensure_future(self._send_body(link, body))
             try:
                 await self._answer(link, out, timeout, request_id)
-            except _AppFailed:
-                if not (link.reused and bodyless and not link.relay.answered):
-                    raise
-                # a kept connection the app had closed, and no body went: send it again
+                break
+            except BaseException as exc:
                 sender.cancel()
                 link.writer.close()
-                link = await self._connect(address)
-                link.writer.write(link.relay.start(head.method, head.target, headers))
-                sender = asyncio.ensure_future(self._send_body(link, body))
-                await self._answer(link, out, timeout, request_id)
-        except BaseException:
-            sender.cancel()
-            link.writer.close()
-            raise
+                stale = link.reused and bodyless and not link.relay.answered
+                if not isinstance(exc, _AppFailed) or not stale:
+                    raise
+            # a kept connection the app had closed before answering, and no body went:
+            # the app never took it, so it goes again on a fresh connection
+            link = await self._connect(address)
         if not sender.done():  # the app answered before reading all of the body
             sender.cancel()
             link.writer.close()

@@ -8,8 +8,8 @@
 
 At most one of them, once: anything else, a malformed value, or a time further than
 ``max_delay_s`` from now is a ``ScheduleError`` naming the header (the proxy answers
-400). Both are removed from the stored request (``without_schedule``): they are
-addressed to hqm, not to the app. ``now`` comes from the caller (no clock here).
+400). Both are removed from the stored request (``HEADER_NAMES``, by the proxy's
+admission): they are addressed to hqm, not to the app. ``now`` comes from the caller (no clock here).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from hqm.proto.envelope import Headers
 
 DELAY, NOT_BEFORE = "HQM-Delay", "HQM-Not-Before"
 _NAMES = {DELAY.lower().encode(): DELAY, NOT_BEFORE.lower().encode(): NOT_BEFORE}
+#: Their names, lower case.
+HEADER_NAMES = frozenset(_NAMES)
 #: Digits before and after the point: a year of seconds has 8, epoch seconds 10 until
 #: 2286; a nanosecond is the finest a client can mean.
 _DECIMAL = re.compile(rb"([0-9]{1,12})(?:\.([0-9]{1,9}))?")
@@ -95,10 +97,3 @@ def not_before(headers: Headers, *, now: float, max_delay_s: float) -> float:
     if due - now > max_delay_s:
         raise ScheduleError(header, f"more than {max_delay_s:g} s from now (--max-delay)")
     return due
-
-
-def without_schedule(headers: Headers) -> Headers:
-    """``headers`` without HQM-Delay and HQM-Not-Before (the same tuple when neither)."""
-    if not any(name.lower() in _NAMES for name, _ in headers):
-        return headers
-    return tuple((name, value) for name, value in headers if name.lower() not in _NAMES)
