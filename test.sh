@@ -23,4 +23,16 @@ PY=${PYTHON:-python3}
 .venv/bin/ruff format --check -q .
 # Two test processes: most tests wait on real processes and sockets, so two halve the
 # wall time on a 2-core machine (every test starts its own redis-server and ports).
-exec .venv/bin/pytest -q -n 2 "$@"
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/pytest -q -n 2 "$@"
+fi
+.venv/bin/pytest -q -n 2
+# The end-to-end tests a second time with h11 reading every request and response
+# (--parser h11, the reference engine; the pass above ran the httptools fast path).
+echo "end-to-end tests again with --parser h11" >&2
+HQM_PARSER=h11 exec .venv/bin/pytest -q -n 2 \
+  tests/test_e2e_proxy.py tests/test_e2e_properties.py tests/test_ingress_answers.py \
+  tests/test_ingress_limits.py tests/test_passthrough.py tests/test_openhqm_api.py \
+  tests/test_idempotency.py tests/test_cancel_delay.py tests/test_access_log.py \
+  tests/test_worker_redis.py tests/test_redis_worker_extra.py tests/test_poison.py \
+  tests/test_timeouts.py

@@ -200,10 +200,12 @@ def kill(proc: Proc, sig: int = signal.SIGKILL, timeout: float = 15.0) -> int | 
     return proc.popen.returncode
 
 
-def start_app(core: int | None = LOAD_CORE, *, status: int = 200) -> Proc:
-    """bench/ceiling.py as a trivial fast app (or, with status 202, as the ceiling)."""
+def start_app(core: int | None = LOAD_CORE, *, status: int = 200, engine: str = "h11") -> Proc:
+    """bench/ceiling.py as a trivial fast app (or, with status 202, as the ceiling);
+    ``engine`` h11 or httptools."""
     port = free_port()
-    proc = Proc("app", [PY, "ceiling.py", "--port", str(port), "--status", str(status)], core)
+    argv = [PY, "ceiling.py", "--port", str(port), "--status", str(status), "--engine", engine]
+    proc = Proc("app", argv, core)
     proc.wait_port(port)
     proc.port = port
     return proc
@@ -230,9 +232,11 @@ def start_proxy(core: int | None, upstream: int, redis_url: str | None = None, *
     return proc
 
 
-def worker_argv(redis_url: str, upstream: int, concurrency: int, *, burst: bool = False) -> list:
+def worker_argv(
+    redis_url: str, upstream: int, concurrency: int, *extra: str, burst: bool = False
+) -> list:
     argv = [*hqm_cmd(), "worker", "--redis", redis_url, "--upstream", f"127.0.0.1:{upstream}"]
-    argv += ["--admin", "127.0.0.1:0", "--concurrency", str(concurrency)]
+    argv += ["--admin", "127.0.0.1:0", "--concurrency", str(concurrency), *extra]
     return [*argv, "--burst"] if burst else argv
 
 

@@ -1,19 +1,22 @@
-"""How many requests per second one sidecar accepts, against the bare h11 ceiling.
+"""How many requests per second one sidecar accepts, against two bare ceilings.
 
 1 KiB POST, 64 keep-alive connections, wrk pinned to core 1, the server to core 0.
 Every round runs each configuration once, in a rotated order (A/B interleaved), on
 fresh processes; figures are medians over rounds, ratios are medians of per-round
-ratios against (a) from the same round.
+ratios against (a) and (a2) from the same round.
 
-  (a) ceiling  bench/ceiling.py: asyncio + uvloop + h11 answering 202
-  (b) redis    hqm proxy, async mode, Redis (no AOF) on core 1, no workers
-  (c) embedded hqm proxy, embedded queue; its in-process worker replays every
-               request to a trivial app on core 1 and shares the proxy's core
-  (d) aof      as (b), Redis with appendonly yes, appendfsync everysec
+  (a)  ceiling     bench/ceiling.py: asyncio + uvloop + h11 answering 202
+  (a2) httptools   bench/ceiling.py --engine httptools: the same answer, parsed by
+                   httptools (what ``--parser auto`` uses for plain requests)
+  (b)  redis       hqm proxy --parser auto, async mode, Redis (no AOF) on core 1, no workers
+  (b-h11) redis-h11  as (b) with --parser h11
+  (c)  embedded    hqm proxy --parser auto, embedded queue; its in-process worker replays
+                   every request to a trivial app on core 1 and shares the proxy's core
+  (d)  aof         as (b), Redis with appendonly yes, appendfsync everysec
 
 Beside it, the raw Redis ceiling: redis-benchmark XADD of a 1 KiB field, pipelined.
 
-    python bench/throughput.py [--rounds 3] [--duration 8]
+    python bench/throughput.py [--rounds 3] [--duration 8] [--configs ceiling,httptools,redis]
 """
 
 from __future__ import annotations
@@ -27,13 +30,18 @@ import time
 
 import common as c
 
-CONFIGS = ("ceiling", "redis", "embedded", "aof")
+CONFIGS = ("ceiling", "httptools", "redis", "redis-h11", "embedded", "aof")
+CEILINGS = {"h11": "ceiling", "httptools": "httptools"}
 LABELS = {
     "ceiling": "(a) bare h11 ceiling",
-    "redis": "(b) hqm proxy + Redis",
-    "embedded": "(c) hqm proxy embedded",
-    "aof": "(d) hqm proxy + Redis AOF everysec",
+    "httptools": "(a2) bare httptools ceiling",
+    "redis": "(b) hqm proxy + Redis, --parser auto",
+    "redis-h11": "(b-h11) hqm proxy + Redis, --parser h11",
+    "embedded": "(c) hqm proxy embedded, --parser auto",
+    "aof": "(d) hqm proxy + Redis AOF everysec, --parser auto",
 }
+#: The parser of each hqm configuration, always passed (HQM_PROXY_PARSER cannot change it).
+PARSERS = {"redis": "auto", "redis-h11": "h11", "embedded": "auto", "aof": "auto"}
 
 
 @contextlib.contextmanager
@@ -41,19 +49,20 @@ def server(config: str):
     """Start one configuration; yields (port, {name: Proc} whose CPU is measured)."""
     procs: list[c.Proc] = []
     try:
-        if config == "ceiling":
-            app = c.start_app(c.SERVER_CORE, status=202)
+        if config in CEILINGS.values():
+            engine = "h11" if config == "ceiling" else "httptools"
+            app = c.start_app(c.SERVER_CORE, status=202, engine=engine)
             procs.append(app)
             yield app.port, {"server": app}
         elif config == "embedded":
             app = c.start_app(c.LOAD_CORE, status=200)
-            proxy = c.start_proxy(c.SERVER_CORE, app.port)
+            proxy = c.start_proxy(c.SERVER_CORE, app.port, None, "--parser", PARSERS[config])
             procs += [proxy, app]
             yield proxy.port, {"server": proxy, "app": app}
         else:
             redis, url = c.start_redis(c.LOAD_CORE, aof=config == "aof")
             # No worker: the proxy's ingress alone is measured; the upstream is never called.
-            proxy = c.start_proxy(c.SERVER_CORE, c.free_port(), url)
+            proxy = c.start_proxy(c.SERVER_CORE, c.free_port(), url, "--parser", PARSERS[config])
             procs += [proxy, redis]
             yield proxy.port, {"server": proxy, "redis": redis}
     finally:
@@ -88,49 +97,81 @@ def redis_xadd_ceiling(requests: int = 200000) -> dict:
         redis.stop()
 
 
+def pick_configs(text: str) -> tuple[str, ...]:
+    """``--configs a,b``: those, in CONFIGS order; with no ceiling among them both
+    ceilings are added (a figure is only ever quoted as a ratio to one)."""
+    picked = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(picked) - set(CONFIGS))
+    if unknown:
+        raise SystemExit(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
+    if not set(picked) & set(CEILINGS.values()):
+        print("--configs has no ceiling: adding both (ceiling, httptools)")
+        picked += CEILINGS.values()
+    return tuple(name for name in CONFIGS if name in picked)
+
+
+def add_ratios(results: dict[str, dict]) -> None:
+    """ratio_<ceiling> (req/s) and cpu_ratio_<ceiling> (CPU µs per request) of every row
+    against each ceiling of the same round; nan for a ceiling not run."""
+    for res in results.values():
+        for name, config in CEILINGS.items():
+            ceiling = results.get(config)
+            if ceiling is None:
+                res[f"ratio_{name}"] = res[f"cpu_ratio_{name}"] = float("nan")
+                continue
+            res[f"ratio_{name}"] = res["rps"] / ceiling["rps"]
+            # req/s per core-second against the ceiling's: robust to CPU stolen by neighbours
+            res[f"cpu_ratio_{name}"] = ceiling["server_cpu_us"] / res["server_cpu_us"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0, help="wrk seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument("--no-xadd", action="store_true", help="skip redis-benchmark XADD")
     args = parser.parse_args()
+    configs = pick_configs(args.configs)
 
     rounds: list[dict[str, dict]] = []
     xadd: list[float] = []
     started = time.monotonic()
     for r in range(args.rounds):
-        order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
+        order = configs[r % len(configs) :] + configs[: r % len(configs)]
         results = {config: one_run(config, args.duration, args.warmup) for config in order}
-        for config in CONFIGS:
-            ceiling = results["ceiling"]
-            results[config]["ratio"] = results[config]["rps"] / ceiling["rps"]
-            # req/s per core-second against the ceiling's: robust to CPU stolen by neighbours
-            results[config]["cpu_ratio"] = (
-                ceiling["server_cpu_us"] / results[config]["server_cpu_us"]
-            )
-        rounds.append(results)
-        xadd.append(redis_xadd_ceiling()["rps"])
+        add_ratios(results)
+        rounds.append({config: results[config] for config in configs})
+        if not args.no_xadd:
+            xadd.append(redis_xadd_ceiling()["rps"])
         print(f"round {r + 1}: " + ", ".join(f"{k} {v['rps']:.0f}" for k, v in results.items()))
 
     med = c.median_rows(rounds)
-    rows = [{"config": LABELS[k], **med[k]} for k in CONFIGS]
-    columns = ["config", "rps", "ratio", "server_cpu_us", "cpu_ratio", "p50_ms", "p99_ms"]
-    columns.append("server_rss_mib")
+    rows = [{"config": LABELS[k], **med[k]} for k in configs]
+    columns = ["config", "rps", "ratio_h11", "ratio_httptools", "server_cpu_us"]
+    columns += ["cpu_ratio_h11", "cpu_ratio_httptools", "p50_ms", "p99_ms", "server_rss_mib"]
     print()
     print(c.table(rows, columns, "Throughput: 1 KiB POST, 64 connections (medians)"))
     print()
     extra = [
-        {"part": "redis CPU µs/req in (b)", "value": med["redis"].get("redis_cpu_us")},
-        {"part": "redis CPU µs/req in (d)", "value": med["aof"].get("redis_cpu_us")},
-        {"part": "app CPU µs/req in (c)", "value": med["embedded"].get("app_cpu_us")},
-        {"part": "(c) replayed by the in-process worker", "value": med["embedded"]["replayed"]},
-        {"part": "(c) backlog left at the end", "value": med["embedded"]["backlog"]},
-        {"part": "raw Redis XADD req/s (redis-benchmark)", "value": c.median(xadd)},
+        {"part": f"redis CPU µs/req in {LABELS[k].split()[0]}", "value": med[k]["redis_cpu_us"]}
+        for k in ("redis", "redis-h11", "aof")
+        if k in med
     ]
-    print(c.table(extra, ["part", "value"]))
+    if "embedded" in med:
+        extra += [
+            {"part": "app CPU µs/req in (c)", "value": med["embedded"].get("app_cpu_us")},
+            {"part": "(c) replayed by the in-process worker", "value": med["embedded"]["replayed"]},
+            {"part": "(c) backlog left at the end", "value": med["embedded"]["backlog"]},
+        ]
+    if xadd:
+        extra.append({"part": "raw Redis XADD req/s (redis-benchmark)", "value": c.median(xadd)})
+    if extra:
+        print(c.table(extra, ["part", "value"]))
     print(
-        "\nratio: req/s / ceiling req/s, same round. cpu_ratio: ceiling CPU µs per request /"
-        " this server's (the req/s ratio if each had a whole core)."
+        "\nratio_X: req/s / ceiling X's req/s, same round. cpu_ratio_X: ceiling X's CPU µs per"
+        " request / this server's (the req/s ratio if each had a whole core). server_cpu_us:"
+        " CPU µs per request of the server process (the proxy; in (a), (a2) the ceiling)."
     )
     c.finish(
         "throughput",

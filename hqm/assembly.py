@@ -22,6 +22,7 @@ from hqm.ops.access_log import AccessLog
 from hqm.ops.admin import AdminHandler
 from hqm.ops.metrics import ProxyMetrics, QueueMetrics, WorkerMetrics
 from hqm.ops.queue_gauges import QueueGauges, StatsSettings
+from hqm.proto.fast_server import engine_name
 from hqm.proto.limits import Limits
 from hqm.queue.base import FleetLimits, Queue, QueueUnavailable
 from hqm.queue.memory import MemoryQueue
@@ -213,8 +214,7 @@ async def run_proxy(
         max_depth=settings.max_depth,
         result_ttl_s=settings.result_ttl_s,
     )
-    # Every queue a route names; embedded, they are all the one in-process queue (its
-    # one worker drains it: queue names matter for Redis only).
+    # Every queue a route names; embedded, all are the one in-process queue (Redis only).
     queues = {settings.queue: queue}
     for name in sorted({route.queue for route in settings.routes.routes} - set(queues)):
         queues[name] = queue
@@ -303,6 +303,7 @@ async def run_proxy(
             "admin": str(bound.admin),
             "upstream": str(settings.upstream),
             "queue": "redis" if settings.redis_url else "embedded",
+            "parser": engine_name(settings.parser),
             "max_connections": max_connections,
         },
     )
@@ -373,6 +374,7 @@ async def run_worker(
             "queues": str(run.queues),
             "concurrency": run.worker.concurrency,
             "burst": run.worker.burst,
+            "parser": engine_name(run.worker.pool.parser),
         },
     )
     if on_ready is not None:

@@ -29,6 +29,13 @@ def hqm(backend):
     process.kill()
 
 
+def test_the_engine_reading_requests_is_the_one_the_environment_names(hqm):
+    """test.sh runs this module twice: with the default (the httptools fast path) and
+    with HQM_PARSER=h11 (the reference); the proxy says which one reads."""
+    expected = "h11" if os.environ.get("HQM_PARSER") == "h11" else "httptools"
+    assert hqm.info["parser"] == expected
+
+
 def test_async_then_poll_returns_the_app_response_verbatim(backend, hqm):
     cookies = [(b"Set-Cookie", b"a=1; Path=/"), (b"Set-Cookie", b"b=2")]
     backend.respond = lambda seen: Answer(

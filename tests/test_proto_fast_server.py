@@ -1,7 +1,8 @@
 """The httptools fast path against h11: for every request the strategies and the
 mutation fuzzer make (whole, split at random points, with or without an EOF, answered
 in several ways, streamed or not, timed out), both engines yield the same events,
-phases and bytes to send, event by event. Deferring to h11 is invisible by design, so
+phases and bytes to send, event by event, and the same as h11 alone writing every
+answer (``H11Answers``: the shared writer ``framing.answer_bytes`` turned off). Deferring to h11 is invisible by design, so
 "identical" covers it; separate tests show the fast path does take the common request
 and does defer the smuggling shapes."""
 
@@ -33,6 +34,20 @@ DEFAULT = Limits()
 FUZZ_LIMITS = Limits(max_header_bytes=4096, max_body_bytes=1024)
 #: Events per piece of input before the driver gives up (a loop would be a defect).
 MAX_STEPS = 50
+#: Headers an app may answer with: plain ones, and ones h11 rewrites, merges or refuses.
+ANSWER_HEADERS = [
+    (b"Content-Type", b"text/plain"),
+    (b"X-App", b"v 1"),
+    (b"Connection", b"close"),
+    (b"Connection", b"keep-alive"),
+    (b"Host", b"app"),
+    (b"Content-Length", b"3"),
+    (b"Transfer-Encoding", b"chunked"),
+    (b"X-Bad", b" leading space"),
+    (b"Bad Name", b"x"),
+    (b"X-Ctl", b"a\x00b"),
+    (b"X-Obs", b"caf\xe9"),
+]
 PROPERTY = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -52,6 +67,8 @@ class Script:
     streamed: str = "late"
     stream: str = "none"  # none, all, odd (targets of odd length)
     time_out_at: int | None = None  # before this piece, the IO layer's timer fires
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"Content-Type", b"text/plain"),)
+    reason: bytes | None = None
 
     def classify(self, head):
         if self.stream == "all":
@@ -68,7 +85,16 @@ scripts = st.builds(
     streamed=st.sampled_from(["late", "whole", "start"]),
     stream=st.sampled_from(["none", "all", "odd"]),
     time_out_at=st.none() | st.integers(0, 12),
+    headers=st.lists(st.sampled_from(ANSWER_HEADERS), max_size=4).map(tuple),
+    reason=st.none() | st.sampled_from([b"", b"Fine", b"Odd \xe9", b"Bad\r\n"]),
 )
+
+
+class H11Answers(ServerConnection):
+    """The reference: h11 reads every request and writes every answer."""
+
+    def _request_read(self) -> bool:
+        return False
 
 
 def transcript(factory, chunks: list[bytes], script: Script, limits: Limits = DEFAULT) -> list:
@@ -82,8 +108,13 @@ def transcript(factory, chunks: list[bytes], script: Script, limits: Limits = DE
 
     def answer():
         body = b"answer body\n"
-        headers = [(b"Content-Type", b"text/plain")]
-        conn.send_response(script.status, headers, body, frame_from_body=script.frame_from_body)
+        conn.send_response(
+            script.status,
+            list(script.headers),
+            body,
+            script.reason,
+            frame_from_body=script.frame_from_body,
+        )
 
     for at, chunk in enumerate(chunks):
         if at == script.time_out_at:
@@ -116,9 +147,9 @@ def transcript(factory, chunks: list[bytes], script: Script, limits: Limits = DE
 
 
 def assert_same(chunks: list[bytes], script: Script, limits: Limits = DEFAULT) -> None:
-    reference = transcript(ServerConnection, chunks, script, limits)
-    fast = transcript(FastServerConnection, chunks, script, limits)
-    assert fast == reference
+    reference = transcript(H11Answers, chunks, script, limits)
+    assert transcript(ServerConnection, chunks, script, limits) == reference
+    assert transcript(FastServerConnection, chunks, script, limits) == reference
 
 
 @PROPERTY

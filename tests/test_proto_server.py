@@ -8,17 +8,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hqm.proto.fast_server import connection_factory
-from hqm.proto.limits import MIB, Limits
-from hqm.proto.server import (
+from hqm.proto.events import (
     AwaitingResponse,
     NeedData,
     PeerClosed,
     Phase,
     Rejected,
     RequestReceived,
-    ServerConnection,
 )
+from hqm.proto.fast_server import connection_factory
+from hqm.proto.limits import MIB, Limits
+from hqm.proto.server import ServerConnection
 from tests.http_strategies import GeneratedRequest, mutated_requests, pipelines, requests, split
 
 #: Every test here runs under both engines (module-scoped: hypothesis allows it).

@@ -5,6 +5,7 @@ processes, a real app on real sockets. Nothing is mocked; waits are deadlines, n
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -285,6 +286,17 @@ def test_sigterm_finishes_held_requests_and_leaves_nothing_pending(
     results = collect(hqm.port, ids)
     assert {results[i].status for i in ids} == {200}
     assert set(ids_seen(app).values()) == {1}
+
+
+def test_the_engine_reading_answers_is_the_one_the_environment_names(
+    redis_server: RedisServer, app, spawn
+):
+    """test.sh runs this module twice: by default (httptools reads the app's answers)
+    and with HQM_PARSER=h11 (h11 reads them); proxy and worker say which one."""
+    expected = "h11" if os.environ.get("HQM_PARSER") == "h11" else "httptools"
+    worker = spawn.worker(redis_server.url, app.address)
+    proxy_process = spawn.proxy(app.address, redis_server.url)
+    assert (worker.info["parser"], proxy_process.info["parser"]) == (expected, expected)
 
 
 def test_burst_worker_exits_0_on_an_empty_queue(redis_server: RedisServer, app, spawn):

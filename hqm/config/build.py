@@ -50,6 +50,7 @@ def worker_settings(values: Effective, *, consumer: str) -> WorkerSettings:
             read_timeout_s=values["read-timeout"],
             pool_size=values["concurrency"],
             idle_timeout_s=values["upstream-idle-timeout"],
+            parser=values["parser"],
         ),
         forwarding=ForwardingPolicy(values["forwarded-headers"], values["trusted-hops"]),
         burst=burst,

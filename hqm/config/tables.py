@@ -337,6 +337,7 @@ WORKER = Command(
         ),
         UPSTREAM,
         PROCESSES,
+        PARSER,
         WORKER_QUEUE,
         Option(
             "consumer",

@@ -1,21 +1,24 @@
-"""``--parser``: which engine reads client requests on ``hqm proxy`` (listed in the PROXY
-table of ``hqm.config.tables``; a module of its own keeps that one small).
+"""``--parser``: which engine reads HTTP: the requests of clients on ``hqm proxy``, the
+answers of the app on ``hqm worker`` (and the proxy's in-process worker). Listed in the
+PROXY and WORKER tables of ``hqm.config.tables``; shared, so ``HQM_PARSER`` sets both.
 
-``auto`` reads the plain common request with httptools (llhttp) and hands anything
-else to h11 (``hqm.proto.fast_server``); ``h11`` reads every request with h11. Both
-answer with h11, and tests/test_proto_fast_server.py holds them to the same events and
-bytes.
+``auto`` reads the plain common message with httptools (llhttp) and hands anything
+else to h11 (``hqm.proto.fast_server``, ``hqm.proto.fast_client``); ``h11`` reads every
+message with h11, the reference. Whole answers are written by one writer for both
+(``hqm.proto.framing.answer_bytes``). tests/test_proto_fast_server.py and
+tests/test_proto_client_fast.py hold the engines to the same events and bytes.
 """
 
 from __future__ import annotations
 
 from hqm.config.options import Option, choice
-from hqm.proto.fast_server import PARSERS
+from hqm.proto.grammar import DEFAULT_PARSER, PARSERS
 
 PARSER = Option(
     "parser",
     "choice",
-    "auto",
-    "Request parser: auto (httptools for plain requests, h11 for the rest) or h11.",
+    DEFAULT_PARSER,
+    "HTTP parser: auto (httptools for plain messages, h11 for the rest) or h11 (all).",
     choice(*PARSERS),
+    shared=True,
 )

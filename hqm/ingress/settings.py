@@ -12,6 +12,7 @@ from hqm.io.address import Address
 from hqm.ops.access_log import AccessLogSettings
 from hqm.ops.queue_gauges import StatsSettings
 from hqm.proto.fast_server import connection_factory
+from hqm.proto.grammar import DEFAULT_PARSER
 from hqm.proto.headers import ForwardingPolicy
 from hqm.proto.limits import IDEMPOTENCY_TTL_S, MAX_DELAY_S, Limits
 from hqm.proto.server import ServerConnection
@@ -53,7 +54,7 @@ class ProxySettings:
     #: these defaults only serve settings built by hand).
     openhqm_api: bool = False
     #: --parser: auto (httptools for plain requests, h11 for the rest) or h11.
-    parser: str = "auto"
+    parser: str = DEFAULT_PARSER
     #: Behind ``hqm iptables``: each connection goes to the app on the port it dialled.
     transparent: bool = False
     #: The key of HQM-Replay (None: no replay is recognised; the header is dropped).

@@ -19,17 +19,17 @@ from hqm.io.connections import ConnectionTracker
 from hqm.io.http_streaming import StreamingMixin
 from hqm.io.original_dst import original_port
 from hqm.io.streams import BodyStream, StreamHandler
-from hqm.proto.limits import RETRY_AFTER_S, Limits
-from hqm.proto.server import (
+from hqm.proto.events import (
     PeerClosed,
     Phase,
     Rejected,
     RequestHead,
     RequestReceived,
     RequestStarted,
-    ServerConnection,
-    too_many_connections,
 )
+from hqm.proto.framing import too_many_connections
+from hqm.proto.limits import RETRY_AFTER_S, Limits
+from hqm.proto.server import ServerConnection
 
 log = logging.getLogger("hqm.http")
 

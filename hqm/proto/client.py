@@ -3,14 +3,14 @@
 The usual exchange of a worker takes a fast path that h11 only joins when needed: a
 request with one Host, a Content-Length matching its body and no header that changes
 framing (Connection, Expect, Transfer-Encoding, Upgrade), checked against h11's own
-grammar; then a response whose head is plain (CRLF lines, HTTP/1.1, status 200-599
-but not 204/304, one Content-Length, no Connection or Transfer-Encoding, no
-obs-fold, every line matching h11's grammar) to a method other than HEAD. The moment
-anything else shows up, the bytes read so far go to h11 as if it had handled the
-exchange from the start (it is told the request through a stand-in event that frames
-exactly like it), and h11 decides, errors included. So what the fast path returns is
-what h11 returns; tests/test_proto_client_fast.py checks both ways against each other.
-About three times cheaper than h11 for a small keep-alive exchange.
+grammar, to a method other than HEAD or CONNECT; then a plain response, read by
+httptools (llhttp) and re-checked against h11's grammar (``hqm.proto.fast_client``
+says what plain is). The moment anything else shows up, the bytes read so far go to
+h11 as if it had handled the exchange from the start (it is told the request through
+a stand-in event that frames exactly like it), and h11 decides, errors included. So
+what the fast path returns is what h11 returns; tests/test_proto_client_fast.py
+checks both ways against each other. ``parser="h11"`` (or no httptools) has h11 do
+every exchange.
 """
 
 from __future__ import annotations
@@ -20,30 +20,18 @@ from collections.abc import Iterable
 
 import h11
 
+from hqm.proto import fast_client
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.errors import ProtocolError
+from hqm.proto.grammar import DEFAULT_PARSER, FIELD_VALUE, PARSERS, TOKEN, VCHAR
 from hqm.proto.limits import MAX_HEADER_BYTES, MAX_RESPONSE_BYTES
 
-# h11's grammar (h11/_abnf.py): what matches here, h11 accepts and reads the same way.
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_VCHAR = rb"[^\x00\s]"
-_FIELD_VALUE = rb"%s+(?:[ \t]+%s+)*" % (_VCHAR, _VCHAR)
-_LINES = re.compile(rb"(?:%s: (?:%s)?\r\n)*" % (_TOKEN, _FIELD_VALUE))
-_METHOD = re.compile(_TOKEN)
-_TARGET = re.compile(_VCHAR + rb"+")
-# A whole response head: status line and header lines, h11's grammar for each, CRLF
-# only (its other characters exclude CR and LF), no obs-fold (a line cannot start with
-# SP or HT).
-_HEAD = re.compile(
-    rb"HTTP/1\.1 ([0-9]{3})(?: ((?:[ \t]|%s)*))?(?:\r\n%s:[ \t]*(?:%s)?[ \t]*)*"
-    % (_VCHAR, _TOKEN, _FIELD_VALUE)
-)
-_DIGITS = re.compile(rb"[0-9]{1,20}")
-_BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
+# h11's grammar: what matches here, h11 accepts and reads the same way.
+_LINES = re.compile(rb"(?:%s: %s\r\n)*" % (TOKEN, FIELD_VALUE))
+_METHOD = re.compile(TOKEN)
+_TARGET = re.compile(VCHAR + rb"+")
 #: Request headers that change how h11 frames or keeps the exchange.
 _FRAMING = frozenset({b"transfer-encoding", b"connection", b"expect", b"upgrade"})
-#: Response headers the fast path leaves to h11.
-_RESPONSE_FRAMING = frozenset({b"transfer-encoding", b"connection"})
 _EOM = h11.EndOfMessage()
 #: Per method, a request h11 frames exactly like the real one (same method, a body of
 #: Content-Length bytes, keep-alive).
@@ -64,17 +52,28 @@ def _stand_in(method: bytes) -> h11.Request:
 class ClientConnection:
     """One keep-alive connection to the app; one exchange at a time."""
 
-    def __init__(self, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+    def __init__(
+        self, max_response_bytes: int = MAX_RESPONSE_BYTES, *, parser: str = DEFAULT_PARSER
+    ) -> None:
+        """``parser``: "auto" (the fast path when httptools imports) or "h11" (h11 for
+        every exchange)."""
+        if parser not in PARSERS:
+            raise ValueError(f"unknown parser {parser!r}")
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
         self._max = max_response_bytes
         self._response: h11.Response | None = None
         self._body: list[bytes] = []
         self._size = 0
+        #: The fast path's response reader; None: h11 does every exchange.
+        self._reader = (
+            fast_client.FastResponseReader(max_response_bytes)
+            if parser == "auto" and fast_client.httptools is not None
+            else None
+        )
         #: Method of the exchange on the fast path (h11 not told yet), else None.
         self._fast: bytes | None = None
-        self._rx = bytearray()  # what the fast path has read
-        self._head: tuple[int, bytes, tuple[tuple[bytes, bytes], ...], int, int] | None = None
         self._done = False  # the fast exchange completed
+        self._after = False  # and bytes (or EOF) came after it
 
     def send_request(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
@@ -87,9 +86,10 @@ class ClientConnection:
         if self._fast is not None:
             raise ProtocolError("request cannot be replayed: exchange in progress")
         lines = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
-        if self._fast_path_ok(method, target, headers, body, lines):
-            self._fast, self._head, self._done = method, None, False
-            self._rx.clear()
+        reader = self._reader
+        if reader is not None and self._fast_path_ok(method, target, headers, body, lines):
+            self._fast, self._done, self._after = method, False, False
+            reader.start()
             return b"%s %s HTTP/1.1\r\n%s\r\n%s" % (method, target, lines, body)
         try:
             self._h11.send(h11.Request(method=method, target=target, headers=headers))
@@ -144,81 +144,30 @@ class ClientConnection:
         if self._fast is None:
             return self._receive(data)
         if self._done:  # after the response, as h11 answers: never reuse
-            if not data and self.reusable:
-                self._rx += b"\0"
+            reusable, self._after = self.reusable, True
+            if not data and reusable:
                 raise ProtocolError("upstream closed the connection", error_status_hint=502)
-            self._rx += data or b"\0"
             return None
         if data:
-            response = self._fast_receive(data)
+            reader = self._reader
+            assert reader is not None
+            response = reader.feed(data)
             if response is not False:
-                return response
+                self._done = response is not None
+                return response  # type: ignore[return-value]
         return self._to_h11(eof=not data)
-
-    def _fast_receive(self, data: bytes) -> ResponseRecord | bool | None:
-        """The record, None for more data, False when h11 must take over."""
-        rx = self._rx
-        seen = len(rx)
-        rx += data
-        head = self._head
-        if head is None:
-            if rx[0] < 0x21:  # h11 refuses this at once
-                return False
-            blank = _BLANK_LINE.search(rx, max(0, seen - 2))
-            if blank is None:  # h11 refuses a head that grows too long
-                return None if len(rx) <= MAX_HEADER_BYTES else False
-            end = blank.start() - 1
-            if blank.end() - end != 4 or rx[end] != 0x0D:  # not CRLF CRLF
-                return False
-            head = self._head = self._parse_head(bytes(rx[:end]), end + 4)
-            if head is None:
-                return False
-        status, reason, headers, start, length = head
-        if len(rx) < start + length:
-            return None
-        self._done = True
-        with memoryview(rx) as view:  # one copy of the body, not two
-            body = bytes(view[start : start + length])
-        return ResponseRecord(status, reason, headers, body)
-
-    def _parse_head(
-        self, head: bytes, start: int
-    ) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...], int, int] | None:
-        if len(head) > MAX_HEADER_BYTES:
-            return None
-        match = _HEAD.fullmatch(head)
-        if match is None:
-            return None
-        status = int(match[1])
-        if status < 200 or status in (204, 304):
-            return None
-        headers, length = [], None
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            value = value.strip(b" \t")  # the field value as h11 reads it
-            lower = name.lower()
-            if lower == b"content-length":
-                if length is not None or _DIGITS.fullmatch(value) is None:
-                    return None
-                length = int(value)
-            elif lower in _RESPONSE_FRAMING:
-                return None
-            headers.append((name, value))
-        if length is None or length > self._max:
-            return None
-        return status, match[2] or b"", tuple(headers), start, length
 
     def _to_h11(self, *, eof: bool) -> ResponseRecord | None:
         """Hand the exchange to h11: the stand-in request, what was read, then EOF."""
         method, self._fast = self._fast, None
-        assert method is not None
+        assert method is not None and self._reader is not None
         self._h11.send(_stand_in(method))
         self._h11.send(_EOM)
         self._response = None
         self._body = []
         self._size = 0
-        read = bytes(self._rx)
-        self._rx.clear()
+        read = self._reader.received()
+        self._reader.release()
         response = self._receive(read) if read else None
         if eof and response is None:
             return self._receive(b"")
@@ -264,8 +213,8 @@ class ClientConnection:
         """Another exchange may follow; never with unread bytes after the response
         (they would be taken for the next response: a desync)."""
         if self._fast is not None:
-            head = self._head
-            return self._done and head is not None and len(self._rx) == head[3] + head[4]
+            assert self._reader is not None
+            return self._done and not self._after and self._reader.exact
         unread, closed = self._h11.trailing_data
         return (
             self._h11.our_state is h11.DONE
@@ -278,8 +227,7 @@ class ClientConnection:
         if self._fast is not None:  # h11 never joined: it is still IDLE
             if not self.reusable:
                 raise ProtocolError("connection not reusable", error_status_hint=502)
-            self._fast, self._head = None, None
-            self._rx.clear()
+            self._fast = None
             return
         self._h11.start_next_cycle()
 

@@ -11,9 +11,11 @@ refuses, is *deferred*: the bytes received for the request are handed to h11 as 
 had read the connection from the start, and h11 answers from then on (refusals
 included: the fast path never refuses a head itself).
 
-Answers are written by h11 for both engines: once the fast path accepts a head, h11 is
-given a small request of the same meaning for the answer side (HEAD or not, the HTTP
-version, the Connection header), so framing, keep-alive and every byte sent are h11's.
+Whole answers are written by the writer both engines share (``framing.answer_bytes``,
+h11's bytes). Whatever else h11 must write (a streamed answer, a refusal after the
+head, an answer the writer leaves to h11) it writes after it is given a small request
+of the same meaning for the answer side (HEAD or not, the HTTP version, the Connection
+header), so framing and keep-alive are h11's there too.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from hqm.proto.events import (
     RequestHead,
     RequestStarted,
 )
+from hqm.proto.framing import client_keeps_alive
+from hqm.proto.grammar import TOKEN
 from hqm.proto.limits import Limits
 from hqm.proto.server import ServerConnection
 
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 #: A field-value character h11 takes that is plain: visible ASCII or obs-text (h11
 #: also takes most control characters; those go to it).
 _VCHAR = rb"[\x21-\x7e\x80-\xff]"
@@ -50,8 +53,8 @@ _VALUE = rb"(?:" + _VCHAR + rb"(?:[\x21-\x7e\x80-\xff \t]*" + _VCHAR + rb")?)?"
 #: A whole head the fast path takes: every line CRLF, nothing h11 would read otherwise.
 #: Any token method: httptools knows the registered ones and refuses (defers) the rest.
 _HEAD = re.compile(
-    rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/(1\.[01])\r\n"
-    rb"(?:" + _TOKEN + rb":[ \t]*" + _VALUE + rb"[ \t]*\r\n)*\r\n"
+    rb"(" + TOKEN + rb") ([\x21-\x7e]+) HTTP/(1\.[01])\r\n"
+    rb"(?:" + TOKEN + rb":[ \t]*" + _VALUE + rb"[ \t]*\r\n)*\r\n"
 )
 #: h11's end of a head: the first blank line, bare LF forms included.
 _BLANK_LINE = re.compile(rb"\n\r?\n")
@@ -102,6 +105,10 @@ class FastServerConnection(ServerConnection):
         #: Body bytes still to come of the current request; None: no head accepted.
         self._remaining: int | None = None
         self._length = 0
+        #: The answer side of h11 has been told the current request (``_primer``).
+        self._primed = False
+        self._version = b"1.1"
+        self._connection: bytes | None = None
 
     @property
     def engine(self) -> str:
@@ -188,13 +195,12 @@ class FastServerConnection(ServerConnection):
         size = len(method) + len(target) + 12 + sum(len(n) + len(v) + 4 for n, v in items)
         if size > self._limits.max_header_bytes or length > self._limits.max_body_bytes:
             return self._defer()  # h11's 431 / 413 (after classify, as there)
-        self._h11.receive_data(_primer(method == b"HEAD", version, names.get(b"connection")))
-        self._h11.next_event()  # the primer's Request
-        self._h11.next_event()  # and its EndOfMessage: h11 now awaits our answer
         self._method = method
         head = self._head = RequestHead(
             method=method, target=target, headers=tuple(items), http_version=version
         )
+        self._version, self._connection = version, names.get(b"connection")
+        self._keep_alive = client_keeps_alive(version, items)
         del self._buf[: len(raw)]
         self._scan_from = 0
         self._body = []
@@ -232,6 +238,28 @@ class FastServerConnection(ServerConnection):
         self._remaining = None
         return super()._end_of_message()
 
+    # --- output -------------------------------------------------------------
+    def _request_read(self) -> bool:
+        if self._deferred:
+            return super()._request_read()
+        return self._head is not None and self._remaining is None and not self._primed
+
+    def _ready_for_h11_answer(self) -> None:
+        """Tell h11's answer side the request (once): h11 writes this answer."""
+        if self._deferred or self._primed or self._head is None:
+            return
+        self._primed = True
+        self._h11.receive_data(_primer(self._method == b"HEAD", self._version, self._connection))
+        self._h11.next_event()  # the primer's Request
+        self._h11.next_event()  # and its EndOfMessage: h11 now awaits our answer
+
+    def _answered(self) -> None:
+        if self._deferred:
+            super()._answered()
+        else:  # h11 never saw this request: it is still idle
+            self._failed = not self._keep_alive  # "Connection: close" went out
+            self._next_cycle()
+
     # --- state for the IO layer ---------------------------------------------
     @property
     def phase(self) -> Phase:
@@ -256,8 +284,10 @@ class FastServerConnection(ServerConnection):
         self._head = None
         self._method = None
         self._remaining = None
-        if self._h11.our_state is h11.DONE:
-            self._h11.start_next_cycle()
+        if self._primed:
+            self._primed = False
+            if self._h11.our_state is h11.DONE:
+                self._h11.start_next_cycle()
 
     def _reject(self, status: int, message: str) -> Rejected:
         if not self._deferred and self._method is None:
@@ -265,8 +295,9 @@ class FastServerConnection(ServerConnection):
         return super()._reject(status, message)
 
 
-#: ``--parser``: ``auto`` is the fast path when httptools imports; ``h11`` alone.
-PARSERS = ("auto", "h11")
+def engine_name(parser: str) -> str:
+    """Who reads requests under ``--parser``: "httptools" (the fast path) or "h11"."""
+    return "httptools" if connection_factory(parser) is FastServerConnection else "h11"
 
 
 def connection_factory(parser: str) -> type[ServerConnection]:

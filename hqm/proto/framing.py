@@ -1,12 +1,28 @@
 """Response framing shared by the server connection's answers: Content-Length set to
-the body sent, reason phrases, and answers written without h11 (it refused to frame
-one, or no request has come yet)."""
+the body sent, reason phrases, the one writer of whole answers both request engines
+use (``answer_bytes``: h11's bytes, without h11's per-answer cost), and answers written
+without h11 (it refused to frame one, or no request has come yet)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from http import HTTPStatus
 
+from hqm.proto import grammar
+
 _PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+# h11's grammar for what it sends: what matches, h11 writes as given.
+_TOKEN = re.compile(grammar.TOKEN)
+_FIELD_VALUE = re.compile(grammar.FIELD_VALUE)
+_REASON = re.compile(grammar.REASON)
+#: Longest Content-Length value h11 writes (its CONTENT_LENGTH_MAX_DIGITS).
+_MAX_LENGTH_DIGITS = 20
+#: Header names h11 rewrites, moves or frames by when it sends an answer: those answers
+#: are h11's to write (Host goes first, Connection and Transfer-Encoding are re-set).
+_H11_REWRITES = frozenset({b"connection", b"transfer-encoding", b"host"})
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 def reason_phrase(status: int) -> bytes:
@@ -31,6 +47,61 @@ def with_content_length(
     if not seen:
         out.append((b"Content-Length", value))
     return out
+
+
+def client_keeps_alive(http_version: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the connection may carry another request after this one's answer, as
+    h11 decides it: HTTP/1.1 without a ``close`` token in Connection."""
+    if http_version != b"1.1":
+        return False
+    return not any(
+        token.strip() == b"close"
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.lower().split(b",")
+    )
+
+
+def answer_bytes(
+    status: int,
+    reason: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    body: bytes | None,
+    *,
+    keep_alive: bool,
+) -> bytes | None:
+    """A whole answer (head and ``body``, framed by the Content-Length in ``headers``)
+    byte for byte as h11 writes it; None where h11 must write it because it would
+    refuse, re-frame or rewrite it (a status below 200, a header outside its grammar,
+    a second Content-Length or one that is not the body's, none on a status that has
+    a body, Connection, Transfer-Encoding or Host). ``keep_alive`` False adds h11's
+    ``Connection: close``. ``body`` is None where none is sent (HEAD, 204, 304): the
+    headers then describe the body a GET would get, as given."""
+    if not 200 <= status < 1000 or _REASON.fullmatch(reason) is None:
+        return None
+    lines = []
+    lengths = 0
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            lengths += 1  # a second one: h11 merges or refuses it
+            if lengths > 1 or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+                return None
+            if body is not None and int(value) != len(body):
+                return None  # h11 refuses a body of another length
+        elif (
+            lower in _H11_REWRITES
+            or _TOKEN.fullmatch(name) is None
+            or _FIELD_VALUE.fullmatch(value) is None
+        ):
+            return None
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if not lengths and status not in _NO_BODY_STATUSES:
+        return None  # h11 would pick chunked or close-delimited framing
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, b"".join(lines))
+    return head if body is None else head + body
 
 
 def raw_error(status: int, message: str, *, head: bool, extra: bytes = b"") -> bytes:

@@ -7,7 +7,11 @@ length is declared), CONNECT/Upgrade refused with 501, automatic ``100 Continue`
 a head is accepted, and HEAD/204/304 framing on the way out.
 
 Every response it writes carries a reason phrase: the standard one (``http.HTTPStatus``)
-unless the caller passes the app's own (kept as given, even empty).
+unless the caller passes the app's own (kept as given, even empty). A whole answer
+to a request read to its end is written by ``framing.answer_bytes`` (h11's bytes,
+checked against h11's writer in tests/test_proto_answer.py) and the next request gets
+a fresh h11 state; h11 writes the rest (streamed answers, refusals, what the writer
+leaves to it).
 """
 
 from __future__ import annotations
@@ -22,25 +26,31 @@ from hqm.proto.events import (
     BODY_END,
     NEED_DATA,
     PEER_CLOSED,
-    AwaitingResponse,
     BodyChunk,
     BodyEnd,
     Classify,
     Event,
     NeedData,
-    PeerClosed,
     Phase,
     Rejected,
     RequestHead,
     RequestReceived,
     RequestStarted,
 )
-from hqm.proto.framing import raw_error, reason_phrase, too_many_connections, with_content_length
+from hqm.proto.framing import (
+    answer_bytes,
+    client_keeps_alive,
+    raw_error,
+    reason_phrase,
+    too_many_connections,
+    with_content_length,
+)
 from hqm.proto.limits import Limits
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-
-
+#: h11's states of a client whose request is read to its end (MUST_CLOSE: one that
+#: does not keep the connection, HTTP/1.0 or ``Connection: close``).
+_REQUEST_READ = (h11.DONE, h11.MUST_CLOSE)
 _VERSIONS = frozenset({b"1.0", b"1.1"})
 
 
@@ -96,6 +106,8 @@ class ServerConnection:
         self._failed = False
         self._eof = False
         self._awaiting = False
+        #: The current request's client keeps the connection after the answer.
+        self._keep_alive = False
 
     # --- input -------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -142,6 +154,7 @@ class ServerConnection:
                     headers=tuple(event.headers.raw_items()),
                     http_version=event.http_version,
                 )
+                self._keep_alive = client_keeps_alive(event.http_version, head.headers)
                 self._body = []
                 self._body_size = 0
                 decision = self._decision = self._classify(head) if self._classify else None
@@ -241,6 +254,15 @@ class ServerConnection:
         bodyless = head or no_body_status
         if reason is None:
             reason = reason_phrase(status)
+        if self._request_read():
+            out = answer_bytes(
+                status, reason, headers, None if bodyless else body, keep_alive=self._keep_alive
+            )
+            if out is not None:
+                self._out.append(out)
+                self._answered()
+                return
+        self._ready_for_h11_answer()
         try:
             self._out.append(
                 self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))
@@ -256,6 +278,30 @@ class ServerConnection:
             return
         self._next_cycle()
 
+    def _request_read(self) -> bool:
+        """The whole request is read and no byte of its answer is written yet."""
+        return self._h11.their_state in _REQUEST_READ and self._h11.our_state is h11.SEND_RESPONSE
+
+    def _ready_for_h11_answer(self) -> None:
+        """h11 is about to write an answer (the h11 engine's h11 always is)."""
+
+    def _answered(self) -> None:
+        """``answer_bytes`` wrote the answer h11 did not see: the next request is read
+        by a fresh h11 state, given what the client sent after this one."""
+        if not self._keep_alive:
+            self._failed = True  # "Connection: close" went out: nothing more is read
+            self._next_cycle()
+            return
+        unread, closed = self._h11.trailing_data
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes
+        )
+        if unread:
+            self._h11.receive_data(unread)
+        if closed:
+            self._h11.receive_data(b"")
+        self._next_cycle()
+
     def _next_cycle(self) -> None:
         if self._streaming and self._h11.their_state is not h11.DONE:
             # Answered while the client still sends a streamed body: the rest is not
@@ -268,7 +314,7 @@ class ServerConnection:
         self._line_start = b""
         if self._h11.our_state is h11.DONE:
             self._h11.start_next_cycle()
-            self._line_start = self._h11.trailing_data[0][:5]  # pipelined: already in
+        self._line_start = self._h11.trailing_data[0][:5]  # pipelined: already in
 
     # --- output, streamed (pass-through) ---------------------------------------
     def start_response(
@@ -280,6 +326,7 @@ class ServerConnection:
         closes."""
         if reason is None:
             reason = reason_phrase(status)
+        self._ready_for_h11_answer()
         try:
             self._out.append(
                 self._h11.send(h11.Response(status_code=status, headers=headers, reason=reason))
@@ -310,6 +357,8 @@ class ServerConnection:
     def _reject(self, status: int, message: str) -> Rejected:
         """Answer ``status`` with ``message`` as a text body (none for a HEAD), then close."""
         head = self._method == b"HEAD" or (self._method is None and self._line_start == b"HEAD ")
+        if self._head is not None:
+            self._ready_for_h11_answer()
         if self._h11.our_state in (h11.SEND_BODY, h11.DONE):
             # A streamed body went wrong after its answer began: nothing more can be
             # said on this connection but its close.
@@ -336,17 +385,11 @@ class ServerConnection:
         return Rejected(status, message)
 
 
-#: Re-exported: the events are part of this connection's interface.
+#: Re-exported: the events the IO layer and the tests import from here.
 __all__ = [
-    "AwaitingResponse",
     "BodyChunk",
     "BodyEnd",
-    "Classify",
-    "Event",
     "NeedData",
-    "PeerClosed",
-    "Phase",
-    "Rejected",
     "RequestHead",
     "RequestReceived",
     "RequestStarted",

@@ -14,6 +14,7 @@ from hqm.proto import limits as L
 from hqm.proto.client import ClientConnection, keep_alive_timeout
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.errors import ProtocolError
+from hqm.proto.grammar import DEFAULT_PARSER
 
 
 class UpstreamError(Exception):
@@ -36,8 +37,8 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = ("_received_any", "_waiter", "gone", "proto", "transport")
 
-    def __init__(self, max_response_bytes: int) -> None:
-        self.proto = ClientConnection(max_response_bytes)
+    def __init__(self, max_response_bytes: int, parser: str) -> None:
+        self.proto = ClientConnection(max_response_bytes, parser=parser)
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[ResponseRecord] | None = None
         self._received_any = False
@@ -124,6 +125,8 @@ class PoolSettings:
     pool_size: int = L.POOL_SIZE
     max_response_bytes: int = L.MAX_RESPONSE_BYTES
     idle_timeout_s: float = L.UPSTREAM_IDLE_TIMEOUT_S
+    #: --parser: who reads the app's answers (``hqm.proto.client``).
+    parser: str = DEFAULT_PARSER
 
 
 #: A pooled connection idle at least this long is polled for a close before reuse.
@@ -172,11 +175,11 @@ class UpstreamPool:
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
-        size = self._settings.max_response_bytes
+        size, parser = self._settings.max_response_bytes, self._settings.parser
         try:
             async with asyncio.timeout(self._settings.connect_timeout_s):
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(size), self.upstream.host, self.upstream.port
+                    lambda: _Conn(size, parser), self.upstream.host, self.upstream.port
                 )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(

@@ -1,0 +1,135 @@
+"""Where each microsecond of ``hqm proxy`` goes: a py-spy profile under wrk load.
+
+``hqm proxy --redis --parser P`` on core 0 (Redis and wrk on core 1), 1 KiB POSTs on
+64 keep-alive connections; py-spy samples the proxy (``--rate`` Hz, non-blocking)
+for ``--duration`` seconds while wrk runs. Each sample's innermost frame is put in a
+part of the data path by the file it is in; a part's µs per request is its share of
+the samples times the proxy's CPU µs per request over the same window (from /proc).
+Samples in C code are counted where Python called it: ``transport.write`` of an
+answer is "io", the Redis socket write "redis client", the uvloop loop itself (its
+reads, epoll, callbacks' dispatch) "event loop".
+
+    python bench/profile.py [--parser auto|h11] [--duration 10] [--top 25]
+
+Needs py-spy (``.venv/bin/pip install py-spy``) and root (or ptrace permission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import common as c
+
+#: First match wins: (part, pattern on "function (file:line)").
+PARTS = [
+    (
+        "parse (sans-IO server connection)",
+        r"hqm/proto/(fast_server|server|events)\.py|/h11/|httptools",
+    ),
+    ("answer writer", r"hqm/proto/framing\.py"),
+    ("io (asyncio protocol, transport writes)", r"hqm/io/"),
+    (
+        "ingress (admission, routes, handler)",
+        r"hqm/ingress/|hqm/proto/(prefer|schedule|headers|traceparent|envelope)\.py",
+    ),
+    ("queue (records, batching, codec)", r"hqm/queue/"),
+    ("redis client (redis-py, socket write)", r"/redis/|asyncio/streams\.py"),
+    ("metrics, logs", r"hqm/ops/|prometheus_client|/logging/"),
+    ("event loop (uvloop, asyncio)", r"asyncio/|uvloop"),
+]
+_FRAME = re.compile(r"(.*) \((.*):(\d+)\)$")
+
+
+def part_of(frame: str) -> str:
+    for name, pattern in PARTS:
+        if re.search(pattern, frame):
+            return name
+    return "other"
+
+
+def summarize(raw: Path, cpu_us: float, top: int) -> tuple[list[dict], list[dict]]:
+    parts: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        leaf = stack.split(";")[-1]
+        parts[part_of(leaf)] += n
+        match = _FRAME.match(leaf)
+        if match:
+            leaf = f"{match[1]} ({'/'.join(Path(match[2]).parts[-2:])}:{match[3]})"
+        leaves[leaf] += n
+    total = max(total, 1)
+
+    def row(key: str, n: int, label: str) -> dict:
+        return {label: key, "share": n / total, "us_per_req": cpu_us * n / total}
+
+    return (
+        [row(k, n, "part") for k, n in parts.most_common()],
+        [row(k, n, "line") for k, n in leaves.most_common(top)],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parser", choices=("auto", "h11"), default="auto")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        sys.exit("py-spy not found: .venv/bin/pip install py-spy")
+
+    started = time.monotonic()
+    redis, url = c.start_redis(c.LOAD_CORE)
+    proxy = c.start_proxy(c.SERVER_CORE, c.free_port(), url, "--parser", args.parser)
+    raw = c.RESULTS / f"profile-{args.parser}.txt"
+    try:
+        c.wrk(proxy.port, 1.0)  # warm-up
+        load: dict = {}
+        runner = threading.Thread(
+            target=lambda: load.update(c.wrk(proxy.port, args.duration + 2)), daemon=True
+        )
+        runner.start()
+        time.sleep(1.0)  # wrk at full rate before the window opens (a ramp, not an outcome)
+        cpu0, t0 = proxy.cpu_s(), time.monotonic()
+        argv = [spy, "record", "--pid", str(proxy.pid), "--duration", str(int(args.duration))]
+        argv += ["--rate", str(args.rate), "--format", "raw", "--nonblocking", "-o", str(raw)]
+        subprocess.run(argv, check=True, capture_output=True, timeout=args.duration + 60)
+        cpu_s, window_s = proxy.cpu_s() - cpu0, time.monotonic() - t0
+        runner.join()
+    finally:
+        proxy.stop()
+        redis.stop()
+    served = load["rps"] * window_s
+    cpu_us = cpu_s * 1e6 / max(served, 1)
+    parts, lines = summarize(raw, cpu_us, args.top)
+    title = (
+        f"hqm proxy --parser {args.parser} + Redis: {load['rps']:.0f} req/s, "
+        f"{cpu_us:.1f} CPU µs/request over the {window_s:.1f} s window"
+    )
+    print(c.table(parts, ["part", "share", "us_per_req"], title))
+    print()
+    print(c.table(lines, ["line", "share", "us_per_req"], "Innermost frames"))
+    c.finish(
+        f"profile-{args.parser}",
+        {"args": vars(args), "rps": load["rps"], "cpu_us": cpu_us, "parts": parts, "lines": lines},
+        started,
+    )
+
+
+if __name__ == "__main__":
+    main()
