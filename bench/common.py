@@ -11,13 +11,11 @@ import atexit
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +24,18 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "results"
+# reporting lives in bench/report.py; re-exported for the benches that use common as c
+from report import BENCH as BENCH
+from report import RESULTS as RESULTS
+from report import command_line as command_line
+from report import finish as finish
+from report import fmt as fmt
+from report import machine as machine
+from report import median as median
+from report import median_rows as median_rows
+from report import table as table
+from report import write_json as write_json
+
 PY = sys.executable
 SERVER_CORE, LOAD_CORE = 0, 1
 TICK = os.sysconf("SC_CLK_TCK")
@@ -53,6 +61,11 @@ def raise_nofile(limit: int = 20000) -> int:
 def hqm_cmd() -> list[str]:
     script = Path(PY).with_name("hqm")
     return [str(script)] if script.exists() else [PY, "-m", "hqm"]
+
+
+def hqm_command(source: Path | None) -> list[str]:
+    """This hqm, or the one of the checkout ``source`` (``--baseline`` of the benches)."""
+    return hqm_cmd() if source is None else ["env", f"PYTHONPATH={source}", PY, "-m", "hqm"]
 
 
 class Proc:
@@ -220,9 +233,16 @@ def start_capped_app(core: int | None, cap: int, service_s: float) -> Proc:
     return proc
 
 
-def start_proxy(core: int | None, upstream: int, redis_url: str | None = None, *extra: str) -> Proc:
+def start_proxy(
+    core: int | None,
+    upstream: int,
+    redis_url: str | None = None,
+    *extra: str,
+    source: Path | None = None,
+) -> Proc:
+    """``source``: a checkout of another version of hqm, run instead of this one."""
     port, admin = free_port(), free_port()
-    argv = [*hqm_cmd(), "proxy", "--listen", f"127.0.0.1:{port}", "--admin"]
+    argv = [*hqm_command(source), "proxy", "--listen", f"127.0.0.1:{port}", "--admin"]
     argv += [f"127.0.0.1:{admin}", "--upstream", f"127.0.0.1:{upstream}", *extra]
     if redis_url:
         argv += ["--redis", redis_url]
@@ -233,9 +253,16 @@ def start_proxy(core: int | None, upstream: int, redis_url: str | None = None, *
 
 
 def worker_argv(
-    redis_url: str, upstream: int, concurrency: int, *extra: str, burst: bool = False
+    redis_url: str,
+    upstream: int,
+    concurrency: int,
+    *extra: str,
+    burst: bool = False,
+    source: Path | None = None,
 ) -> list:
-    argv = [*hqm_cmd(), "worker", "--redis", redis_url, "--upstream", f"127.0.0.1:{upstream}"]
+    """``source``: a checkout of another version of hqm, run instead of this one."""
+    argv = [*hqm_command(source), "worker", "--redis", redis_url]
+    argv += ["--upstream", f"127.0.0.1:{upstream}"]
     argv += ["--admin", "127.0.0.1:0", "--concurrency", str(concurrency), *extra]
     return [*argv, "--burst"] if burst else argv
 
@@ -361,70 +388,3 @@ def measured(procs: dict[str, Proc], run: Callable[[], dict], per: str = "reques
         res[f"{name}_cpu_us"] = (p.cpu_s() - before[name]) * 1e6 / count
         res[f"{name}_rss_mib"] = p.rss_mib()
     return res
-
-
-# --- reporting ---------------------------------------------------------------------
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def median_rows(rounds: list[dict[str, dict]]) -> dict[str, dict]:
-    """Per config, the median over rounds of every numeric field."""
-    out: dict[str, dict] = {}
-    for config in rounds[0]:
-        keys = [k for k, v in rounds[0][config].items() if isinstance(v, int | float)]
-        out[config] = {k: median([r[config][k] for r in rounds if config in r]) for k in keys}
-    return out
-
-
-def fmt(value) -> str:
-    if isinstance(value, float):
-        if value != value:  # nan
-            return "-"
-        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-    return str(value)
-
-
-def table(rows: list[dict], columns: Sequence[str], title: str = "") -> str:
-    lines = [f"### {title}", ""] if title else []
-    lines.append("| " + " | ".join(columns) + " |")
-    lines.append("|" + "---|" * len(columns))
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def machine() -> dict:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def write_json(bench: str, data: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{bench}.json"
-    payload = {"bench": bench, "machine": machine(), "when": time.time(), **data}
-    path.write_text(json.dumps(payload, indent=2, default=str))
-    return path
-
-
-def finish(bench: str, data: dict, started: float, note: str = "") -> None:
-    """Every bench's last words: the command and its run time, then the JSON file."""
-    print(f"\n`{command_line()}` — {time.monotonic() - started:.0f} s{note}")
-    path = write_json(bench, {"command": command_line(), **data})
-    print(f"wrote {path}")
-
-
-def command_line() -> str:
-    return ".venv/bin/python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -13,6 +13,9 @@ The worker runs with ``--parser auto`` (httptools reads the app's answers) and, 
 row of its own, ``--parser h11``; a worker without the flag (``hqm worker --help``
 does not list it) runs as it is and the h11 row is skipped, with a note.
 
+``--baseline DIR`` adds one worker run from a checkout of an earlier hqm (``git worktree
+add DIR COMMIT``), in the same rounds.
+
     python bench/drain.py [--rounds 3] [-n 20000] [--concurrency 16] [--configs ...]
 """
 
@@ -25,6 +28,7 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import common as c
 from h11load import Request, closed_loop
@@ -32,6 +36,8 @@ from h11load import Request, closed_loop
 CONFIGS = ("ceiling", "1 worker", "1 worker h11", "2 workers")
 #: Workers and the --parser of each worker configuration.
 WORKERS = {"1 worker": (1, "auto"), "1 worker h11": (1, "h11"), "2 workers": (2, "auto")}
+#: ``--baseline DIR``: one worker from a checkout of an earlier hqm, its default parser.
+BASELINE = "1 worker, --baseline"
 NAMES = {"ceiling": "ceiling", "1": "1 worker", "1-h11": "1 worker h11", "2": "2 workers"}
 
 
@@ -45,6 +51,8 @@ def accepts_flag(command: str, flag: str) -> bool:
 def label(config: str, concurrency: int, parser_flag: bool) -> str:
     if config == "ceiling":
         return f"bare h11 client ceiling ({concurrency} connections)"
+    if config == BASELINE:
+        return f"1 worker of the --baseline hqm, --concurrency {concurrency}"
     workers, parser = WORKERS[config]
     text = f"{workers} worker{'s (both on core 0)' if workers > 1 else ''}"
     text += f", --concurrency {concurrency}"
@@ -64,12 +72,12 @@ def fill(redis_url: str, app_port: int, n: int) -> float:
         proxy.stop()
 
 
-def drain(workers: int, n: int, concurrency: int, *extra: str) -> dict:
+def drain(workers: int, n: int, concurrency: int, *extra: str, source=None) -> dict:
     redis, url = c.start_redis(c.LOAD_CORE)
     app = c.start_app(c.LOAD_CORE, status=200)
     try:
         fill_rps = fill(url, app.port, n)
-        argv = c.worker_argv(url, app.port, concurrency, *extra, burst=True)
+        argv = c.worker_argv(url, app.port, concurrency, *extra, burst=True, source=source)
         procs = [c.Proc("worker", argv, c.SERVER_CORE) for _ in range(workers)]
         for proc in procs:
             proc.wait_log("worker started", timeout=30)
@@ -133,6 +141,7 @@ def main() -> None:
     parser.add_argument(
         "--configs", default=",".join(NAMES), help=f"of {', '.join(NAMES)} (ceiling always runs)"
     )
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier hqm: adds a row")
     args = parser.parse_args()
     picked = {name.strip() for name in args.configs.split(",")} | {"ceiling"}
     if picked - set(NAMES):
@@ -142,6 +151,8 @@ def main() -> None:
     if not parser_flag and "1 worker h11" in configs:
         configs.remove("1 worker h11")
         print("note: `hqm worker --help` has no --parser: the --parser h11 row is skipped")
+    if args.baseline is not None:
+        configs.append(BASELINE)
 
     started = time.monotonic()
     rounds: list[dict[str, dict]] = []
@@ -151,6 +162,9 @@ def main() -> None:
         for config in order:
             if config == "ceiling":
                 results[config] = ceiling(args.n, args.concurrency)
+            elif config == BASELINE:
+                source = args.baseline.resolve()
+                results[config] = drain(1, args.n, args.concurrency, source=source)
             else:
                 workers, parser_name = WORKERS[config]
                 extra = ("--parser", parser_name) if parser_flag else ()

@@ -1,4 +1,4 @@
-"""Where each microsecond of ``hqm proxy`` goes: a py-spy profile under wrk load.
+"""Where each microsecond of ``hqm proxy`` (or ``hqm worker``) goes: a py-spy profile.
 
 ``hqm proxy --redis --parser P`` on core 0 (Redis and wrk on core 1), 1 KiB POSTs on
 64 keep-alive connections; py-spy samples the proxy (``--rate`` Hz, non-blocking)
@@ -9,7 +9,12 @@ Samples in C code are counted where Python called it: ``transport.write`` of an
 answer is "io", the Redis socket write "redis client", the uvloop loop itself (its
 reads, epoll, callbacks' dispatch) "event loop".
 
-    python bench/profile.py [--parser auto|h11] [--duration 10] [--top 25]
+``--target worker``: ``-n`` 1 KiB POSTs are queued through a proxy (then stopped), and
+``hqm worker --burst --concurrency 16`` on core 0 drains them into the trivial app
+(bench/ceiling.py answering 200, core 1, with Redis); py-spy samples the worker from
+its start to its exit, and µs per message = its CPU over the drain / the messages.
+
+    python bench/profile.py [--target proxy|worker] [--parser auto|h11] [--duration 10]
 
 Needs py-spy (``.venv/bin/pip install py-spy``) and root (or ptrace permission).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -27,22 +33,25 @@ import time
 from pathlib import Path
 
 import common as c
+from drain import fill
 
-#: First match wins: (part, pattern on "function (file:line)").
+#: First match wins: (part, pattern on "function (file:line)"; py-spy names a file of
+#: the standard library or site-packages by its path there: "(h11/_state.py:12)").
 PARTS = [
     (
-        "parse (sans-IO server connection)",
-        r"hqm/proto/(fast_server|server|events)\.py|/h11/|httptools",
+        "parse (sans-IO connections)",
+        r"hqm/proto/(fast_server|server|events|client|fast_client|grammar)\.py|\(h11/|\(httptools/",
     ),
     ("answer writer", r"hqm/proto/framing\.py"),
     ("io (asyncio protocol, transport writes)", r"hqm/io/"),
     (
-        "ingress (admission, routes, handler)",
+        "ingress, headers, envelope",
         r"hqm/ingress/|hqm/proto/(prefer|schedule|headers|traceparent|envelope)\.py",
     ),
     ("queue (records, batching, codec)", r"hqm/queue/"),
-    ("redis client (redis-py, socket write)", r"/redis/|asyncio/streams\.py"),
-    ("metrics, logs", r"hqm/ops/|prometheus_client|/logging/"),
+    ("worker (loop, sender, outcomes, pool)", r"hqm/worker/"),
+    ("redis client (redis-py, socket write)", r"\(redis/|asyncio/streams\.py"),
+    ("metrics, logs", r"hqm/ops/|\(prometheus_client/|\(logging/"),
     ("event loop (uvloop, asyncio)", r"asyncio/|uvloop"),
 ]
 _FRAME = re.compile(r"(.*) \((.*):(\d+)\)$")
@@ -82,21 +91,9 @@ def summarize(raw: Path, cpu_us: float, top: int) -> tuple[list[dict], list[dict
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parser", choices=("auto", "h11"), default="auto")
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
-    parser.add_argument("--top", type=int, default=25)
-    args = parser.parse_args()
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        sys.exit("py-spy not found: .venv/bin/pip install py-spy")
-
-    started = time.monotonic()
+def profile_proxy(args: argparse.Namespace, record: list[str]) -> tuple[float, float, str]:
     redis, url = c.start_redis(c.LOAD_CORE)
     proxy = c.start_proxy(c.SERVER_CORE, c.free_port(), url, "--parser", args.parser)
-    raw = c.RESULTS / f"profile-{args.parser}.txt"
     try:
         c.wrk(proxy.port, 1.0)  # warm-up
         load: dict = {}
@@ -106,27 +103,74 @@ def main() -> None:
         runner.start()
         time.sleep(1.0)  # wrk at full rate before the window opens (a ramp, not an outcome)
         cpu0, t0 = proxy.cpu_s(), time.monotonic()
-        argv = [spy, "record", "--pid", str(proxy.pid), "--duration", str(int(args.duration))]
-        argv += ["--rate", str(args.rate), "--format", "raw", "--nonblocking", "-o", str(raw)]
-        subprocess.run(argv, check=True, capture_output=True, timeout=args.duration + 60)
+        subprocess.run([*record, "--pid", str(proxy.pid)], check=True, capture_output=True)
         cpu_s, window_s = proxy.cpu_s() - cpu0, time.monotonic() - t0
         runner.join()
     finally:
         proxy.stop()
         redis.stop()
-    served = load["rps"] * window_s
-    cpu_us = cpu_s * 1e6 / max(served, 1)
-    parts, lines = summarize(raw, cpu_us, args.top)
+    cpu_us = cpu_s * 1e6 / max(load["rps"] * window_s, 1)
     title = (
         f"hqm proxy --parser {args.parser} + Redis: {load['rps']:.0f} req/s, "
         f"{cpu_us:.1f} CPU µs/request over the {window_s:.1f} s window"
     )
+    return load["rps"], cpu_us, title
+
+
+def profile_worker(args: argparse.Namespace, record: list[str]) -> tuple[float, float, str]:
+    redis, url = c.start_redis(c.LOAD_CORE)
+    app = c.start_app(c.LOAD_CORE, status=200)
+    try:
+        fill(url, app.port, args.n)
+        argv = c.worker_argv(url, app.port, 16, "--parser", args.parser, burst=True)
+        worker = c.Proc("worker", argv, c.SERVER_CORE)
+        # py-spy follows the worker to its exit: the whole drain, start-up included.
+        spy = subprocess.Popen([*record, "--pid", str(worker.pid)], stdout=subprocess.DEVNULL)
+        worker.wait_log("worker started", timeout=30)
+        t0 = worker.ready_ts
+        usage = os.wait4(worker.pid, 0)[2]  # reaps it: CPU from the kernel's accounting
+        elapsed = time.time() - t0
+        spy.wait(60)
+    finally:
+        app.stop()
+        redis.stop()
+    cpu_us = (usage.ru_utime + usage.ru_stime) * 1e6 / args.n
+    rate = args.n / elapsed
+    title = (
+        f"hqm worker --parser {args.parser} draining {args.n} messages: {rate:.0f} msgs/s, "
+        f"{cpu_us:.1f} CPU µs/message (start-up included)"
+    )
+    return rate, cpu_us, title
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=("proxy", "worker"), default="proxy")
+    parser.add_argument("--parser", choices=("auto", "h11"), default="auto")
+    parser.add_argument("-n", type=int, default=60000, help="--target worker: messages")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        sys.exit("py-spy not found: .venv/bin/pip install py-spy")
+
+    started = time.monotonic()
+    raw = c.RESULTS / f"profile-{args.target}-{args.parser}.txt"
+    record = [spy, "record", "--rate", str(args.rate), "--format", "raw", "--nonblocking"]
+    record += ["-o", str(raw)]
+    if args.target == "proxy":
+        rate, cpu_us, title = profile_proxy(args, [*record, "--duration", str(int(args.duration))])
+    else:
+        rate, cpu_us, title = profile_worker(args, record)
+    parts, lines = summarize(raw, cpu_us, args.top)
     print(c.table(parts, ["part", "share", "us_per_req"], title))
     print()
     print(c.table(lines, ["line", "share", "us_per_req"], "Innermost frames"))
     c.finish(
-        f"profile-{args.parser}",
-        {"args": vars(args), "rps": load["rps"], "cpu_us": cpu_us, "parts": parts, "lines": lines},
+        f"profile-{args.target}-{args.parser}",
+        {"args": vars(args), "rate": rate, "cpu_us": cpu_us, "parts": parts, "lines": lines},
         started,
     )
 

@@ -14,6 +14,9 @@ ratios against (a) and (a2) from the same round.
                    every request to a trivial app on core 1 and shares the proxy's core
   (d)  aof         as (b), Redis with appendonly yes, appendfsync everysec
 
+With ``--baseline DIR`` (a checkout of an earlier hqm, e.g. ``git worktree add DIR
+COMMIT``): (e) as (b) with that code, in the same rounds.
+
 Beside it, the raw Redis ceiling: redis-benchmark XADD of a 1 KiB field, pipelined.
 
     python bench/throughput.py [--rounds 3] [--duration 8] [--configs ceiling,httptools,redis]
@@ -27,6 +30,7 @@ import csv
 import io
 import subprocess
 import time
+from pathlib import Path
 
 import common as c
 
@@ -39,7 +43,10 @@ LABELS = {
     "redis-h11": "(b-h11) hqm proxy + Redis, --parser h11",
     "embedded": "(c) hqm proxy embedded, --parser auto",
     "aof": "(d) hqm proxy + Redis AOF everysec, --parser auto",
+    "baseline": "(e) as (b), the hqm of --baseline (its default parser)",
 }
+#: ``--baseline DIR``: a checkout of an earlier hqm, measured as config "baseline".
+BASELINE: dict[str, Path] = {}
 #: The parser of each hqm configuration, always passed (HQM_PROXY_PARSER cannot change it).
 PARSERS = {"redis": "auto", "redis-h11": "h11", "embedded": "auto", "aof": "auto"}
 
@@ -62,7 +69,11 @@ def server(config: str):
         else:
             redis, url = c.start_redis(c.LOAD_CORE, aof=config == "aof")
             # No worker: the proxy's ingress alone is measured; the upstream is never called.
-            proxy = c.start_proxy(c.SERVER_CORE, c.free_port(), url, "--parser", PARSERS[config])
+            if config == "baseline":
+                proxy = c.start_proxy(c.SERVER_CORE, c.free_port(), url, source=BASELINE["dir"])
+            else:
+                parser = ("--parser", PARSERS[config])
+                proxy = c.start_proxy(c.SERVER_CORE, c.free_port(), url, *parser)
             procs += [proxy, redis]
             yield proxy.port, {"server": proxy, "redis": redis}
     finally:
@@ -130,9 +141,17 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="wrk seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier hqm (e.g. git worktree add DIR COMMIT): adds (e)",
+    )
     parser.add_argument("--no-xadd", action="store_true", help="skip redis-benchmark XADD")
     args = parser.parse_args()
     configs = pick_configs(args.configs)
+    if args.baseline is not None:
+        BASELINE["dir"] = args.baseline.resolve()
+        configs = (*configs, "baseline")
 
     rounds: list[dict[str, dict]] = []
     xadd: list[float] = []

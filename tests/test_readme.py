@@ -28,6 +28,7 @@ def test_flag_tables_are_the_options_tables():
 _NOT_SETTINGS = {"--json", "--yes", "--all", "--help", "--data-binary", "--rounds"}
 _NOT_SETTINGS |= {"--duration", "--no-forwarded-headers", "--version", "--some-flag"}
 _NOT_SETTINGS |= {"--client"}  # `hqm routes test`: part of the request it describes
+_NOT_SETTINGS |= {"--configs", "--baseline"}  # flags of the benches (bench/*.py)
 
 
 def test_every_flag_the_readme_names_exists():
