@@ -16,6 +16,12 @@ its start to its exit, and µs per message = its CPU over the drain / the messag
 
     python bench/profile.py [--target proxy|worker] [--parser auto|h11] [--duration 10]
 
+Beside it, when ``perf`` is on the PATH (Debian's linux-perf), ``perf record`` samples
+the same process over the same window: the share of its CPU in each shared object (the
+Python interpreter, the kernel, uvloop, httptools, ...). py-spy puts a sample it cannot
+place in Python code under the loop's entry frame (``Runner.run``); perf tells how much
+of that is the loop's own C code and how much is Python run from its callbacks.
+
 Needs py-spy (``.venv/bin/pip install py-spy``) and root (or ptrace permission).
 """
 
@@ -26,6 +32,7 @@ import collections
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -52,7 +59,7 @@ PARTS = [
     ("worker (loop, sender, outcomes, pool)", r"hqm/worker/"),
     ("redis client (redis-py, socket write)", r"\(redis/|asyncio/streams\.py"),
     ("metrics, logs", r"hqm/ops/|\(prometheus_client/|\(logging/"),
-    ("event loop (uvloop, asyncio)", r"asyncio/|uvloop"),
+    ("at the loop's entry frame (py-spy could not place it lower: see perf)", r"asyncio/|uvloop"),
 ]
 _FRAME = re.compile(r"(.*) \((.*):(\d+)\)$")
 
@@ -62,6 +69,48 @@ def part_of(frame: str) -> str:
         if re.search(pattern, frame):
             return name
     return "other"
+
+
+#: perf's shared objects, grouped: (part, pattern on the object's name).
+OBJECTS = [
+    ("Python interpreter (libpython: all Python code)", r"libpython|^python"),
+    ("kernel (syscalls, TCP)", r"kernel|vdso"),
+    ("uvloop (loop.so, libuv)", r"^loop\."),
+    ("httptools (llhttp)", r"^parser\.|^url_parser\."),
+    ("libc (malloc, memcpy)", r"^libc"),
+    ("orjson", r"^orjson"),
+    ("hiredis", r"^hiredis"),
+]
+
+
+def perf_start(pid: int, out: Path) -> subprocess.Popen | None:
+    """``perf record`` of ``pid`` (None without perf); ends with it or on SIGINT."""
+    if shutil.which("perf") is None:
+        return None
+    argv = ["perf", "record", "-F", "499", "-o", str(out), "-p", str(pid)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def perf_split(perf: subprocess.Popen | None, out: Path, cpu_us: float) -> list[dict]:
+    """The share of the samples in each group of shared objects, and its µs."""
+    if perf is None:
+        return []
+    if perf.poll() is None:
+        perf.send_signal(signal.SIGINT)
+    perf.wait(60)
+    argv = ["perf", "report", "-i", str(out), "--sort", "dso", "--stdio", "-g", "none"]
+    report = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    shares: collections.Counter[str] = collections.Counter()
+    for line in report.splitlines():
+        match = re.match(r"\s*([0-9.]+)%\s+(\S+)", line)
+        if match:
+            name = match[2].strip("[]")
+            part = next((p for p, pattern in OBJECTS if re.search(pattern, name)), "other")
+            shares[part] += float(match[1]) / 100
+    return [
+        {"object": part, "share": share, "us_per_req": cpu_us * share}
+        for part, share in shares.most_common()
+    ]
 
 
 def summarize(raw: Path, cpu_us: float, top: int) -> tuple[list[dict], list[dict]]:
@@ -91,6 +140,11 @@ def summarize(raw: Path, cpu_us: float, top: int) -> tuple[list[dict], list[dict
     )
 
 
+PERF_DATA = c.TMP / "perf.data"
+#: perf's split of the run, set by the profile functions.
+PERF: dict[str, list[dict]] = {}
+
+
 def profile_proxy(args: argparse.Namespace, record: list[str]) -> tuple[float, float, str]:
     redis, url = c.start_redis(c.LOAD_CORE)
     proxy = c.start_proxy(c.SERVER_CORE, c.free_port(), url, "--parser", args.parser)
@@ -103,13 +157,17 @@ def profile_proxy(args: argparse.Namespace, record: list[str]) -> tuple[float, f
         runner.start()
         time.sleep(1.0)  # wrk at full rate before the window opens (a ramp, not an outcome)
         cpu0, t0 = proxy.cpu_s(), time.monotonic()
+        perf = perf_start(proxy.pid, PERF_DATA)
         subprocess.run([*record, "--pid", str(proxy.pid)], check=True, capture_output=True)
         cpu_s, window_s = proxy.cpu_s() - cpu0, time.monotonic() - t0
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
         runner.join()
     finally:
         proxy.stop()
         redis.stop()
     cpu_us = cpu_s * 1e6 / max(load["rps"] * window_s, 1)
+    PERF["split"] = perf_split(perf, PERF_DATA, cpu_us)
     title = (
         f"hqm proxy --parser {args.parser} + Redis: {load['rps']:.0f} req/s, "
         f"{cpu_us:.1f} CPU µs/request over the {window_s:.1f} s window"
@@ -126,6 +184,7 @@ def profile_worker(args: argparse.Namespace, record: list[str]) -> tuple[float, 
         worker = c.Proc("worker", argv, c.SERVER_CORE)
         # py-spy follows the worker to its exit: the whole drain, start-up included.
         spy = subprocess.Popen([*record, "--pid", str(worker.pid)], stdout=subprocess.DEVNULL)
+        perf = perf_start(worker.pid, PERF_DATA)
         worker.wait_log("worker started", timeout=30)
         t0 = worker.ready_ts
         usage = os.wait4(worker.pid, 0)[2]  # reaps it: CPU from the kernel's accounting
@@ -135,6 +194,7 @@ def profile_worker(args: argparse.Namespace, record: list[str]) -> tuple[float, 
         app.stop()
         redis.stop()
     cpu_us = (usage.ru_utime + usage.ru_stime) * 1e6 / args.n
+    PERF["split"] = perf_split(perf, PERF_DATA, cpu_us)
     rate = args.n / elapsed
     title = (
         f"hqm worker --parser {args.parser} draining {args.n} messages: {rate:.0f} msgs/s, "
@@ -168,9 +228,19 @@ def main() -> None:
     print(c.table(parts, ["part", "share", "us_per_req"], title))
     print()
     print(c.table(lines, ["line", "share", "us_per_req"], "Innermost frames"))
+    if PERF.get("split"):
+        print()
+        print(c.table(PERF["split"], ["object", "share", "us_per_req"], "perf: shared objects"))
     c.finish(
         f"profile-{args.target}-{args.parser}",
-        {"args": vars(args), "rate": rate, "cpu_us": cpu_us, "parts": parts, "lines": lines},
+        {
+            "args": vars(args),
+            "rate": rate,
+            "cpu_us": cpu_us,
+            "parts": parts,
+            "lines": lines,
+            "perf": PERF.get("split", []),
+        },
         started,
     )
 
