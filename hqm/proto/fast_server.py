@@ -105,10 +105,6 @@ class FastServerConnection(ServerConnection):
         #: Body bytes still to come of the current request; None: no head accepted.
         self._remaining: int | None = None
         self._length = 0
-        #: The answer side of h11 has been told the current request (``_primer``).
-        self._primed = False
-        self._version = b"1.1"
-        self._connection: bytes | None = None
 
     @property
     def engine(self) -> str:
@@ -199,8 +195,8 @@ class FastServerConnection(ServerConnection):
         head = self._head = RequestHead(
             method=method, target=target, headers=tuple(items), http_version=version
         )
-        self._version, self._connection = version, names.get(b"connection")
-        self._keep_alive = client_keeps_alive(version, items)
+        connection = names.get(b"connection")
+        self._keep_alive = client_keeps_alive(version, () if connection is None else (connection,))
         del self._buf[: len(raw)]
         self._scan_from = 0
         self._body = []
@@ -242,14 +238,21 @@ class FastServerConnection(ServerConnection):
     def _request_read(self) -> bool:
         if self._deferred:
             return super()._request_read()
-        return self._head is not None and self._remaining is None and not self._primed
+        return self._head is not None and self._remaining is None and self._h11_idle
+
+    @property
+    def _h11_idle(self) -> bool:
+        """h11 has not been told the current request (it is told only to answer it)."""
+        return self._h11.their_state is h11.IDLE
 
     def _ready_for_h11_answer(self) -> None:
         """Tell h11's answer side the request (once): h11 writes this answer."""
-        if self._deferred or self._primed or self._head is None:
+        head = self._head
+        if self._deferred or head is None or not self._h11_idle:
             return
-        self._primed = True
-        self._h11.receive_data(_primer(self._method == b"HEAD", self._version, self._connection))
+        # The fast path took no repeated names: one Connection field at most.
+        connection = next((v for n, v in head.headers if n.lower() == b"connection"), None)
+        self._h11.receive_data(_primer(head.method == b"HEAD", head.http_version, connection))
         self._h11.next_event()  # the primer's Request
         self._h11.next_event()  # and its EndOfMessage: h11 now awaits our answer
 
@@ -284,10 +287,8 @@ class FastServerConnection(ServerConnection):
         self._head = None
         self._method = None
         self._remaining = None
-        if self._primed:
-            self._primed = False
-            if self._h11.our_state is h11.DONE:
-                self._h11.start_next_cycle()
+        if self._h11.our_state is h11.DONE:  # h11 wrote this answer
+            self._h11.start_next_cycle()
 
     def _reject(self, status: int, message: str) -> Rejected:
         if not self._deferred and self._method is None:

@@ -22,7 +22,8 @@ _MAX_LENGTH_DIGITS = 20
 #: Header names h11 rewrites, moves or frames by when it sends an answer: those answers
 #: are h11's to write (Host goes first, Connection and Transfer-Encoding are re-set).
 _H11_REWRITES = frozenset({b"connection", b"transfer-encoding", b"host"})
-_NO_BODY_STATUSES = frozenset({204, 304})
+#: Statuses whose answer never carries a body, whatever its headers say.
+NO_BODY_STATUSES = frozenset({204, 304})
 
 
 def reason_phrase(status: int) -> bytes:
@@ -49,16 +50,14 @@ def with_content_length(
     return out
 
 
-def client_keeps_alive(http_version: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+def client_keeps_alive(http_version: bytes, connection: Iterable[bytes]) -> bool:
     """Whether the connection may carry another request after this one's answer, as
-    h11 decides it: HTTP/1.1 without a ``close`` token in Connection."""
+    h11 decides it: HTTP/1.1 without a ``close`` token in ``connection`` (the values
+    of the request's Connection fields)."""
     if http_version != b"1.1":
         return False
     return not any(
-        token.strip() == b"close"
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.lower().split(b",")
+        token.strip() == b"close" for value in connection for token in value.lower().split(b",")
     )
 
 
@@ -96,7 +95,7 @@ def answer_bytes(
         ):
             return None
         lines.append(b"%s: %s\r\n" % (name, value))
-    if not lengths and status not in _NO_BODY_STATUSES:
+    if not lengths and status not in NO_BODY_STATUSES:
         return None  # h11 would pick chunked or close-delimited framing
     if not keep_alive:
         lines.append(b"Connection: close\r\n")

@@ -7,11 +7,9 @@ length is declared), CONNECT/Upgrade refused with 501, automatic ``100 Continue`
 a head is accepted, and HEAD/204/304 framing on the way out.
 
 Every response it writes carries a reason phrase: the standard one (``http.HTTPStatus``)
-unless the caller passes the app's own (kept as given, even empty). A whole answer
-to a request read to its end is written by ``framing.answer_bytes`` (h11's bytes,
-checked against h11's writer in tests/test_proto_answer.py) and the next request gets
-a fresh h11 state; h11 writes the rest (streamed answers, refusals, what the writer
-leaves to it).
+unless the caller passes the app's own (kept as given, even empty). A whole answer is
+written by ``framing.answer_bytes`` (h11's bytes; the next request gets a fresh h11
+state); h11 writes the rest (streamed answers, refusals, what the writer leaves it).
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from hqm.proto.events import (
     RequestStarted,
 )
 from hqm.proto.framing import (
+    NO_BODY_STATUSES,
     answer_bytes,
     client_keeps_alive,
     raw_error,
@@ -47,19 +46,20 @@ from hqm.proto.framing import (
 )
 from hqm.proto.limits import Limits
 
-_NO_BODY_STATUSES = frozenset({204, 304})
 #: h11's states of a client whose request is read to its end (MUST_CLOSE: one that
 #: does not keep the connection, HTTP/1.0 or ``Connection: close``).
 _REQUEST_READ = (h11.DONE, h11.MUST_CLOSE)
 _VERSIONS = frozenset({b"1.0", b"1.1"})
 
 
-def _check_head(request: h11.Request, limits: Limits) -> int:
-    """Refuse what a proxy must not pass on; returns the declared Content-Length (0)."""
+def _check_head(request: h11.Request, limits: Limits) -> tuple[int, bool]:
+    """Refuse what a proxy must not pass on; returns the declared Content-Length (0)
+    and whether the client keeps the connection after the answer."""
     if request.http_version not in _VERSIONS:
         raise ProtocolError("only HTTP/1.0 and HTTP/1.1 are spoken here", error_status_hint=505)
     has_te = has_cl = False
     length = 0
+    connection = []
     # h11 bounds only a head still incomplete in its buffer; one that arrived whole in
     # a single read is measured here (request line + "name: value\r\n" per field).
     head_size = len(request.method) + len(request.target) + 12
@@ -70,6 +70,8 @@ def _check_head(request: h11.Request, limits: Limits) -> int:
         elif name == b"content-length":
             has_cl = True
             length = int(value)  # h11 validated it is digits
+        elif name == b"connection":
+            connection.append(value)
         elif name == b"upgrade":
             raise ProtocolError("Upgrade is not supported", error_status_hint=501)
     if head_size > limits.max_header_bytes:
@@ -80,7 +82,7 @@ def _check_head(request: h11.Request, limits: Limits) -> int:
         raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request", error_status_hint=400)
     if request.method == b"CONNECT":
         raise ProtocolError("CONNECT is not supported", error_status_hint=501)
-    return length
+    return length, client_keeps_alive(request.http_version, connection)
 
 
 class ServerConnection:
@@ -147,14 +149,13 @@ class ServerConnection:
                 return AWAITING_RESPONSE
             if isinstance(event, h11.Request):
                 self._method = event.method
-                length = _check_head(event, self._limits)
+                length, self._keep_alive = _check_head(event, self._limits)
                 head = self._head = RequestHead(
                     method=event.method,
                     target=event.target,
                     headers=tuple(event.headers.raw_items()),
                     http_version=event.http_version,
                 )
-                self._keep_alive = client_keeps_alive(event.http_version, head.headers)
                 self._body = []
                 self._body_size = 0
                 decision = self._decision = self._classify(head) if self._classify else None
@@ -248,7 +249,7 @@ class ServerConnection:
         never sent).
         """
         head = self.request_method == b"HEAD"
-        no_body_status = status in _NO_BODY_STATUSES or status < 200
+        no_body_status = status in NO_BODY_STATUSES or status < 200
         if not no_body_status and (frame_from_body or not head):
             headers = with_content_length(headers, len(body))
         bodyless = head or no_body_status
@@ -337,7 +338,7 @@ class ServerConnection:
             head = self.request_method == b"HEAD"
             self._out.append(raw_error(502, f"bad upstream response: {exc}", head=head))
             return False
-        self._bodyless = self.request_method == b"HEAD" or status in _NO_BODY_STATUSES
+        self._bodyless = self.request_method == b"HEAD" or status in NO_BODY_STATUSES
         return True
 
     def send_body(self, data: bytes) -> None:
