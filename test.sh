@@ -35,4 +35,4 @@ HQM_PARSER=h11 exec .venv/bin/pytest -q -n 2 \
   tests/test_ingress_limits.py tests/test_passthrough.py tests/test_openhqm_api.py \
   tests/test_idempotency.py tests/test_cancel_delay.py tests/test_access_log.py \
   tests/test_worker_redis.py tests/test_redis_worker_extra.py tests/test_poison.py \
-  tests/test_timeouts.py
+  tests/test_timeouts.py tests/test_route_bypass.py

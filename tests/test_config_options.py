@@ -44,6 +44,8 @@ def _valid(option: Option) -> tuple[str, Any]:
         return "sampled", "sampled"
     if option.name == "parser":
         return "h11", "h11"
+    if option.name == "ambiguous-path":
+        return "normalize", "normalize"
     if kind == "ratio":
         return "0.5", 0.5
     if option.name == "mode":

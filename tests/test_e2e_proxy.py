@@ -61,9 +61,41 @@ def test_async_then_poll_returns_the_app_response_verbatim(backend, hqm):
     assert seen.header(b"X-Forwarded-For") == b"127.0.0.1"
 
 
+def test_hqm_api_on_every_spelling_of_its_path_and_never_at_the_app(backend, hqm):
+    accepted = request(hqm.port, b"POST", b"/orders", body=b"x")
+    request_id = accepted.json()["id"].encode()
+    assert poll_result(hqm.port, request_id.decode()).status == 200
+    for target in [
+        b"http://shop/_hqm/requests/" + request_id,  # absolute form (RFC 9112 3.2.2)
+        b"HTTP://other:8080/_hqm/requests/" + request_id + b"?x=1",
+        b"/%5fhqm/requests/" + request_id,  # "_" percent-encoded
+        b"/%5Fhqm/requests/" + request_id,
+    ]:
+        answer = request(hqm.port, b"GET", target)
+        assert (answer.status, answer.header(b"HQM-Request-Id")) == (200, request_id), target
+    # A spelling that an app reads as another path is neither hqm's nor the app's.
+    for target in [b"/x/../_hqm/requests/" + request_id, b"//_hqm/requests/" + request_id]:
+        answer = request(hqm.port, b"GET", target)
+        assert answer.status == 400 and "ambiguous" in answer.json()["error"], target
+    assert [seen.target for seen in backend.seen] == [b"/orders"]
+
+
+def test_paths_that_read_one_way_for_the_routes_are_replayed_as_sent(backend, hqm):
+    """Without routes every reading of a path takes the default route: dot segments,
+    encoded slashes and empty segments reach the app byte for byte."""
+    targets = [b"/files/a%2Fb", b"/a/../b//c;v=1?q=%2e%2e", b"http://shop/x/%2e%2e/y"]
+    for target in targets:
+        assert request(hqm.port, b"POST", target, body=b"x").status == 202
+    assert wait_until(lambda: len(backend.seen) == len(targets))
+    assert sorted(seen.target for seen in backend.seen) == sorted(targets)
+
+
 def test_poll_unknown_or_malformed_id_is_404(hqm):
     assert request(hqm.port, b"GET", b"/_hqm/requests/" + b"0" * 32).status == 404
-    assert request(hqm.port, b"GET", b"/_hqm/requests/../../etc").status == 404
+    # (read as /etc by an app that removes dot segments: neither hqm's nor the app's)
+    assert request(hqm.port, b"GET", b"/_hqm/requests/../../etc").status == 400
+    assert request(hqm.port, b"GET", b"/_hqm/requests/..%2F..%2Fetc").status == 400
+    assert request(hqm.port, b"GET", b"/_hqm/requests/%2E%2E").status == 404
     assert request(hqm.port, b"DELETE", b"/_hqm/requests/" + b"0" * 32).status == 404
     assert request(hqm.port, b"PUT", b"/_hqm/requests/" + b"0" * 32).status == 405
 

@@ -67,6 +67,22 @@ def test_wait_reject_and_the_default_route():
     assert (default["route"], default["position"], default["mode"]) == ("default", None, "async")
 
 
+def test_spellings_of_a_path_are_shown_as_the_proxy_decides_them():
+    assert routes_test("GET", "/%69nternal/x")["route"] == "internal"
+    ambiguous = routes_test("POST", "/reports/../admin/x")
+    assert (ambiguous["route"], ambiguous["action"], ambiguous["status"]) == (
+        "ambiguous-path",
+        "reject",
+        400,
+    )
+    assert "dot segment" in ambiguous["matches"][0]
+    result = run(
+        "routes", "test", "--config", ROUTES, "POST", "/reports/%2e%2e/q4",
+        env={"HQM_PROXY_AMBIGUOUS_PATH": "normalize"},
+    )  # fmt: skip
+    assert "forwards  /q4 (normalized)" in result.output and result.exit_code == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -20,7 +20,7 @@ from hqm.config.build import route_table
 from hqm.config.options import ConfigError
 from hqm.config.resolve import resolve
 from hqm.config.tables import PROXY
-from hqm.ingress.routes import Route, RouteTable, sticky_key
+from hqm.ingress.routes import AMBIGUOUS, BAD_TARGET, Route, RouteTable, sticky_key
 from hqm.proto.events import RequestHead
 
 REDACTED = "<redacted>"
@@ -67,15 +67,18 @@ def _conditions(route: Route) -> list[str]:
 
 def explain(table: RouteTable, head: RequestHead, client: str, proxy: dict[str, Any]) -> dict:
     """What the proxy would do with ``head``: the route, its action and parameters."""
-    route = table.route(head)
+    decision = table.decide(head, client)
+    route = decision.route
     index = table.routes.index(route) + 1 if route in table.routes else None
     mode = route.mode or proxy["mode"]
-    out: dict[str, Any] = {
-        "route": route.name,
-        "position": index,
-        "matches": _conditions(route) if index else ["no route matched: the default route"],
-        "action": route.action,
-    }
+    if route is AMBIGUOUS or route is BAD_TARGET:
+        matches = [decision.error]
+    else:
+        matches = _conditions(route) if index else ["no route matched: the default route"]
+    out: dict[str, Any] = {"route": route.name, "position": index, "matches": matches}
+    if decision.target is not None:
+        out["normalized_target"] = decision.target.decode("latin-1")
+    out["action"] = route.action
     if route.action == "reject":
         out["status"] = route.status
         return out
@@ -108,6 +111,8 @@ def explain(table: RouteTable, head: RequestHead, client: str, proxy: dict[str, 
 def _text(result: dict) -> str:
     where = f" (#{result['position']})" if result["position"] else ""
     lines = [f"route     {result['route']}{where}", f"matches   {'; '.join(result['matches'])}"]
+    if "normalized_target" in result:
+        lines.append(f"forwards  {result['normalized_target']} (normalized)")
     action = result["action"]
     if action == "reject":
         lines.append(f"action    reject with {result['status']}")
@@ -154,7 +159,7 @@ def test(
     env.setdefault("HQM_PROXY_UPSTREAM", _NO_UPSTREAM)
     try:
         values = resolve(PROXY, {"config": config_path}, env)
-        table = route_table(values)
+        table = route_table(values, ambiguous=values["ambiguous-path"])
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from None
     result = explain(table, head, client, {"mode": values["mode"], "wait": values["wait"]})

@@ -12,7 +12,7 @@ from hqm.config.options import ConfigError
 from hqm.config.resolve import Effective, resolve
 from hqm.config.routes_file import build_routes
 from hqm.config.tables import PROXY, WORKER
-from hqm.ingress.routes import RouteTable
+from hqm.ingress.routes import DEFAULT_AMBIGUOUS, RouteTable
 from hqm.ingress.settings import ProxySettings
 from hqm.io.iptables_apply import IptablesRun
 from hqm.io.iptables_rules import Family, InboundPlan
@@ -85,12 +85,13 @@ def replay_key(values: Effective) -> bytes | None:
     return data
 
 
-def route_table(values: Effective) -> RouteTable:
+def route_table(values: Effective, *, ambiguous: str = DEFAULT_AMBIGUOUS) -> RouteTable:
     """The ``[[routes]]`` of the config file (ConfigError when one is wrong)."""
     config = values.config
     return build_routes(
         config.path if config else "",
         config.routes if config else (),
+        ambiguous=ambiguous,
         upstreams=values.upstreams,
         env=values.env,
         # (the worker's --queue may name several: routes only name queues the proxy
@@ -134,7 +135,7 @@ def proxy_settings(values: Effective) -> ProxySettings:
         embedded_worker=None if redis_url else worker_settings(values, consumer="embedded"),
         stats=stats_settings(values),
         upstreams=values.upstreams,
-        routes=route_table(values),
+        routes=route_table(values, ambiguous=values["ambiguous-path"]),
         openhqm_api=values["openhqm-api"],
         transparent=values["transparent"],
         parser=values["parser"],

@@ -15,7 +15,14 @@ from typing import Any
 
 from hqm.config.options import ConfigError
 from hqm.config.tables import MAX_SECONDS, REPLY_MODES
-from hqm.ingress.routes import ACTIONS, HeaderCondition, Route, RouteTable, Sticky
+from hqm.ingress.routes import (
+    ACTIONS,
+    DEFAULT_AMBIGUOUS,
+    HeaderCondition,
+    Route,
+    RouteTable,
+    Sticky,
+)
 
 KEYS = (
     "name",
@@ -48,6 +55,7 @@ def build_routes(
     upstreams: Mapping[str, Any],
     env: Mapping[str, str],
     default_queue: str,
+    ambiguous: str = DEFAULT_AMBIGUOUS,
 ) -> RouteTable:
     routes = []
     names: set[str] = set()
@@ -57,7 +65,8 @@ def build_routes(
             raise ConfigError(f"{path} [[routes]] #{index}: name {route.name!r} is used twice")
         names.add(route.name)
         routes.append(route)
-    return RouteTable(tuple(routes), default=Route(name="default", queue=default_queue))
+    default = Route(name="default", queue=default_queue)
+    return RouteTable(tuple(routes), default=default, ambiguous=ambiguous)
 
 
 def _route(

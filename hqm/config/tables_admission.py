@@ -7,7 +7,8 @@ keeps that one small.
 
 from __future__ import annotations
 
-from hqm.config.options import Option, number
+from hqm.config.options import Option, choice, number
+from hqm.ingress.routes import AMBIGUOUS_POLICIES, DEFAULT_AMBIGUOUS
 from hqm.proto import limits as L
 
 #: Seconds, above 0 and at most a year, as every duration of hqm.config.tables
@@ -29,5 +30,14 @@ ADMISSION = (
         L.MAX_DELAY_S,
         "Furthest HQM-Delay / HQM-Not-Before accepted, seconds from now (400 beyond).",
         _SECONDS,
+    ),
+    Option(
+        "ambiguous-path",
+        "choice",
+        DEFAULT_AMBIGUOUS,
+        "A path apps may read as paths that take different routes (dot segments, %2F, "
+        "//, ;, ...): reject (400) or normalize (forward it with dot segments removed, "
+        "%2F and \\ as /, slashes merged).",
+        choice(*AMBIGUOUS_POLICIES),
     ),
 )

@@ -54,6 +54,10 @@ log = logging.getLogger("hqm.ingress")
 #: signed replay (straight to the app, as it was already queued once).
 _NO_APP = Route(name="transparent", action="reject", status=502)
 _REPLAY = Route(name="replay", action="pass")
+#: hqm's own endpoints, matched before the configured routes on every reading of a
+#: path (so no spelling of /_hqm/... reaches the app, nor an app path reaches hqm's).
+_RESULTS_ROUTE = Route(name="api", action="api", path=_API_PREFIX.decode() + "*")
+_OPENHQM_ROUTE = Route(name="api", action="api", path=OPENHQM_PREFIX.decode() + "*")
 REPLAY_HEADER_LOWER = HEADER.lower()
 
 
@@ -80,8 +84,8 @@ class ProxyHandler:
         #: By name, every queue a route names (the default queue among them).
         self._queues = dict(queues or {})
         self._queues.setdefault(queue.name, queue)
-        self._routes = settings.routes
-        self._api_decision = Decision(settings.routes.default, "queue")
+        reserved = (_RESULTS_ROUTE, _OPENHQM_ROUTE) if settings.openhqm_api else (_RESULTS_ROUTE,)
+        self._routes = settings.routes.with_reserved(reserved)
         self._pass = passthrough
         #: Transparent mode: the configured app of each port ("default" first).
         self._by_port = {address.port: name for name, address in settings.upstreams.items()}
@@ -109,6 +113,8 @@ class ProxyHandler:
         access = self._access
         if access is None or not access.wanted():
             return await self(head, body, peer, decision)
+        if not isinstance(decision, Decision):
+            decision = self.classify(head, peer)
         ts, started = self._now(), time.perf_counter()
         note: dict[str, str] = {}
         status, bytes_out, request_id = 500, 0, ""
@@ -118,14 +124,7 @@ class ProxyHandler:
             request_id = note.get("id") or request_id_of(reply.headers)
             return reply
         finally:
-            if head.target.startswith(_API_PREFIX) or (
-                self._openhqm is not None and head.target.startswith(OPENHQM_PREFIX)
-            ):
-                route, action = "api", "api"
-            else:
-                if not isinstance(decision, Decision):
-                    decision = self._api_decision
-                route, action = decision.route.name, decision.action
+            route, action = decision.route.name, decision.action
             access.add(
                 proxy_entry(
                     head,
@@ -150,12 +149,14 @@ class ProxyHandler:
         decision: object = None,
         note: dict[str, str] | None = None,
     ) -> Reply:
-        if head.target.startswith(_API_PREFIX):
-            return await self._results(head)
-        if self._openhqm is not None and head.target.startswith(OPENHQM_PREFIX):
-            return await self._openhqm(head, body, peer)
         if not isinstance(decision, Decision):
-            decision = self._api_decision
+            decision = self.classify(head, peer)
+        if decision.target is not None:  # hqm's API, or a path normalized
+            head = replace(head, target=decision.target)
+        if decision.action == "api":
+            if head.target.startswith(_API_PREFIX) or self._openhqm is None:
+                return await self._results(head)
+            return await self._openhqm(head, body, peer)
         route = decision.route
         if decision.action == "reject":
             self._route_count(route.name, "reject")
@@ -253,10 +254,9 @@ class ProxyHandler:
 
     def classify(self, head: RequestHead, peer: Peer) -> Decision:
         """What becomes of a request, from its head (the server asks before the body)."""
-        if head.target.startswith(_API_PREFIX) or (
-            self._openhqm is not None and head.target.startswith(OPENHQM_PREFIX)
-        ):
-            return self._api_decision
+        decision = self._routes.decide(head, peer.host)
+        if decision.action == "api":
+            return decision
         dialled = None
         if peer.original_port is not None:  # transparent, and the client was redirected
             dialled = self._by_port.get(peer.original_port)
@@ -267,7 +267,6 @@ class ProxyHandler:
             token = header_value(head.headers, REPLAY_HEADER_LOWER)
             if token is not None and verify(self._replay_key, token, self._now()) is not None:
                 return Decision(_REPLAY, "pass", dialled)  # a worker's replay: to the app
-        decision = self._routes.decide(head, peer.host)
         return decision if dialled is None else replace(decision, dialled=dialled)
 
     async def stream(
@@ -279,6 +278,8 @@ class ProxyHandler:
         out: ResponseStream,
     ) -> None:
         """A request passed straight to the app, both bodies streamed."""
+        if decision.target is not None:  # its path normalized (--ambiguous-path normalize)
+            head = replace(head, target=decision.target)
         route = decision.route
         self._route_count(route.name, "pass")
         self._count("pass", "passed")

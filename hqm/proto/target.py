@@ -1,0 +1,223 @@
+"""The request-target as the app may act on it: the path route decisions are made on.
+
+Sans-IO: bytes in, a ``Target`` out.
+
+Forms (RFC 9112 §3.2): origin (``/path?query``), absolute (``http://host/path?query``:
+its authority is the request's host, §3.2.2), asterisk (``*``, for ``OPTIONS``). Any
+other target (authority form outside ``CONNECT``, a bare ``path``) is a ``TargetError``
+(400).
+
+The canonical path is RFC 3986 §6.2.2's: percent-encoded unreserved characters decoded
+(``%69`` is ``i``), the hex of every other escape upper-cased (``%2f`` is ``%2F``). A
+path that holds nothing an app could read otherwise (no dot segment, encoded ``/``,
+``\\`` or ``%``, backslash, empty segment, ``;`` parameter, control character or ``#``)
+has that one reading. Otherwise ``readings`` lists every path an app may act on: the
+frameworks people run decode ``%2F`` to ``/`` before routing (werkzeug, Starlette) or
+not (aiohttp), merge slashes (werkzeug) or not, remove dot segments (yarl, Go, nginx)
+or not, strip ``;`` parameters (Java servlet containers), treat ``\\`` as ``/`` (IIS,
+some Node routers), decode twice, stop at a NUL (C) or at ``#``. The readings are
+every combination of those steps; the route decision must hold on each of them
+(``hqm.ingress.routes``), or the request is ambiguous. ``normalized`` is Envoy's
+``normalize_path`` + ``merge_slashes`` + unescaped slashes: what is forwarded when the
+proxy is told to normalize an ambiguous path instead of refusing it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+#: RFC 3986 §2.3 unreserved characters: their percent-encoding means the same path.
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+#: RFC 3986 §3.1 scheme, then "//" and the authority (up to the path, query or fragment).
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
+#: Characters no path needs raw and some app reads otherwise (a quick test before the
+#: precise one): escapes, dot segments, backslash, empty segments, parameters, fragment.
+_SUSPECT = re.compile(rb"[%\\;#]|/\.|//")
+#: Longest path whose readings are worked out. Readings cost a few microseconds each
+#: and a path has at most a few hundred; longer paths with anything to read otherwise
+#: are refused rather than looked at (32 KiB request heads hold no legitimate one).
+MAX_AMBIGUOUS_PATH_BYTES = 8 * 1024
+
+
+class TargetError(ValueError):
+    """A request-target hqm cannot route: the client gets ``status`` with ``reason``."""
+
+    status = 400
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    #: The canonical path (unreserved decoded, hex upper case); ``*`` for asterisk form.
+    path: bytes
+    #: Absolute form: its authority's host[:port], lower case, userinfo removed.
+    authority: bytes | None
+    #: The query, ``?`` included (b"" without one).
+    query: bytes
+    #: Every distinct path an app may act on, ``path`` first.
+    readings: tuple[bytes, ...]
+    #: What makes the path readable otherwise, for the client's error ("dot segment"...).
+    features: tuple[str, ...]
+    #: The target with its path normalized (dot segments removed, ``%2F`` / ``%5C`` /
+    #: ``\\`` as ``/``, slashes merged, fragment dropped), in the form it came in: what
+    #: is forwarded when an ambiguous path is normalized rather than refused.
+    normalized: bytes
+
+
+def _decode_unreserved(match: re.Match[bytes]) -> bytes:
+    byte = int(match.group(1), 16)
+    return bytes((byte,)) if byte in _UNRESERVED else b"%" + match.group(1).upper()
+
+
+def _decode_all(path: bytes) -> bytes:
+    return _ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), path)
+
+
+def remove_dot_segments(path: bytes) -> bytes:
+    """RFC 3986 §5.2.4 for an absolute path: ``/a/b/../c/./d`` is ``/a/c/d``; a ``..``
+    above the root stays at the root; a trailing ``.`` or ``..`` leaves a trailing ``/``."""
+    out: list[bytes] = []
+    segments = path.split(b"/")[1:]
+    for segment in segments:
+        if segment == b".":
+            continue
+        if segment == b"..":
+            if out:
+                out.pop()
+            continue
+        out.append(segment)
+    if segments and segments[-1] in (b".", b".."):
+        out.append(b"")
+    return b"/" + b"/".join(out)
+
+
+def _merge_slashes(path: bytes) -> bytes:
+    while b"//" in path:
+        path = path.replace(b"//", b"/")
+    return path
+
+
+def _strip_parameters(path: bytes) -> bytes:
+    return b"/".join(segment.split(b";", 1)[0] for segment in path.split(b"/"))
+
+
+def _has_dot_segment(path: bytes) -> bool:
+    return any(segment in (b".", b"..") for segment in path.split(b"/"))
+
+
+def _features(canonical: bytes) -> tuple[str, ...]:
+    upper = canonical.upper()
+    found = []
+    if b"#" in canonical:
+        found.append("fragment")
+    if _has_dot_segment(canonical):
+        found.append("dot segment")
+    if b"%2F" in upper or b"%5C" in upper:
+        found.append("encoded slash")
+    if b"\\" in canonical:
+        found.append("backslash")
+    if b"//" in canonical:
+        found.append("empty segment")
+    if b";" in canonical or b"%3B" in upper:
+        found.append("path parameter")
+    if b"%25" in upper:
+        found.append("encoded percent")
+    if re.search(rb"%[01][0-9A-F]|%7F", upper):
+        found.append("encoded control character")
+    return tuple(found)
+
+
+def _readings(canonical: bytes) -> tuple[bytes, ...]:
+    """Every path an app may act on: each combination of the steps some app takes
+    (only the steps that can change this path are tried)."""
+    deep = _decode_all(_decode_all(canonical))  # what the most eager app reads
+    both = (False, True)
+    cuts = both if b"#" in canonical else (False,)
+    decodes = ((0, 1, 2) if b"%25" in canonical.upper() else (0, 1)) if b"%" in canonical else (0,)
+    backslashes = both if b"\\" in deep else (False,)
+    nuls = both if b"\x00" in deep else (False,)
+    params = both if b";" in deep else (False,)
+    # (an empty segment, or one that backslashes or a stripped parameter leave behind)
+    empty = b"//" in deep or b"\\" in deep or b";" in deep
+    merges = (None, "before", "after") if empty else (None,)
+    dots = both if b"." in deep else (False,)
+    found: dict[bytes, None] = {canonical: None}
+    for cut, decode, backslash, nul, param, merge, dot in itertools.product(
+        cuts, decodes, backslashes, nuls, params, merges, dots
+    ):
+        path = canonical.split(b"#", 1)[0] if cut else canonical
+        for _ in range(decode):
+            path = _decode_all(path)
+        if backslash:
+            path = path.replace(b"\\", b"/")
+        if nul:
+            path = path.split(b"\x00", 1)[0]
+        if param:
+            path = _strip_parameters(path)
+        if merge == "before":
+            path = _merge_slashes(path)
+        if dot:
+            path = remove_dot_segments(path)
+        if merge == "after":
+            path = _merge_slashes(path)
+        found.setdefault(path or b"/", None)
+    return tuple(found)
+
+
+def _normalized(canonical: bytes) -> bytes:
+    path = canonical.split(b"#", 1)[0]
+    path = re.sub(rb"%2F|%5C", b"/", path, flags=re.IGNORECASE).replace(b"\\", b"/")
+    return _merge_slashes(remove_dot_segments(_merge_slashes(path)))
+
+
+def _host_of(authority: bytes) -> bytes:
+    host = authority.rpartition(b"@")[2].lower()
+    name, colon, port = host.rpartition(b":") if not host.endswith(b"]") else (host, b"", b"")
+    if not colon or not port.isdigit():
+        name, colon, port = host, b"", b""
+    return name.rstrip(b".") + colon + port
+
+
+def normalize_host(value: bytes) -> bytes:
+    """A Host value as routes compare it: lower case, no trailing dot on the name."""
+    return _host_of(value.strip())
+
+
+def parse_target(raw: bytes) -> Target:
+    """The target's path, host and readings; TargetError for a form hqm cannot route."""
+    authority, prefix = None, b""
+    if raw[:1] == b"/":
+        rest = raw
+    elif raw == b"*":
+        return Target(b"*", None, b"", (b"*",), (), b"*")
+    else:
+        match = _ABSOLUTE.fullmatch(raw)
+        if match is None:
+            raise TargetError("the request-target is neither a path nor an absolute URI")
+        if match.group(1).lower() not in (b"http", b"https"):
+            raise TargetError("an absolute request-target must be an http or https URI")
+        authority = _host_of(match.group(2))
+        if not authority:
+            raise TargetError("an absolute request-target needs a host")
+        rest = match.group(3)
+        prefix = raw[: len(raw) - len(rest)]
+        if rest[:1] != b"/":  # "http://h", "http://h?q": the path is "/"
+            rest = b"/" + rest
+    path, question, query = rest.partition(b"?")
+    query = question + query
+    if _SUSPECT.search(path) is None:
+        return Target(path, authority, query, (path,), (), prefix + path + query)
+    canonical = _ESCAPE.sub(_decode_unreserved, path)
+    features = _features(canonical)
+    if not features:
+        return Target(canonical, authority, query, (canonical,), (), prefix + canonical + query)
+    if len(canonical) > MAX_AMBIGUOUS_PATH_BYTES:
+        raise TargetError(f"a path with {features[0]}s is longer than hqm reads such paths")
+    normalized = prefix + _normalized(canonical) + query
+    return Target(canonical, authority, query, _readings(canonical), features, normalized)
