@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.exceptions import BusyLoadingError, NoPermissionError, NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hqm.queue.base import (
     IdempotencyClaim,
@@ -17,6 +19,7 @@ from hqm.queue.base import (
     QueueRefused,
     QueueUnavailable,
 )
+from hqm.queue.redis_refusals import refusals
 from hqm.queue.redis_streams import RedisQueue
 from tests.redis_server import RedisServer, free_port, redis_server
 from tests.test_queue_redis import admin, record, run
@@ -123,3 +126,32 @@ def test_a_read_only_replica_refuses_and_a_lost_connection_is_unavailable(
 
     error = run(unreachable())
     assert isinstance(error, QueueUnavailable) and not isinstance(error, QueueRefused)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (NoScriptError("No matching script"), QueueRefused),  # after the reload too
+        (ResponseError("MISCONF Redis is configured to save RDB snapshots"), QueueRefused),
+        (ResponseError("BUSY Redis is busy running a script"), QueueRefused),
+        (BusyLoadingError("Redis is loading the dataset in memory"), QueueRefused),
+        (ResponseError("ERR user_script:1: attempt to index a nil value"), QueueUnavailable),
+        (
+            NoPermissionError("this user has no permissions to access one of the keys"),
+            QueueUnavailable,
+        ),
+        (RedisConnectionError("Connection reset by peer"), QueueUnavailable),
+        (TimeoutError(), QueueUnavailable),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else "",
+)
+def test_the_errors_redis_py_raises_map_to_refused_only_when_nothing_ran(
+    error: Exception, expected: type[QueueError]
+) -> None:
+    """The codes a real Redis is not easily made to answer (the others: above and in
+    tests/test_drain_readiness.py): refused only where Redis refuses before the first
+    write; a plain ERR, NOPERM (per key, possibly after a write) and a lost connection
+    leave the outcome open."""
+    with pytest.raises(QueueError) as raised, refusals("enqueue"):
+        raise error
+    assert type(raised.value) is expected
