@@ -22,6 +22,7 @@ from hqm.ops.access_log import AccessLog
 from hqm.ops.admin import AdminHandler
 from hqm.ops.metrics import ProxyMetrics, QueueMetrics, WorkerMetrics
 from hqm.ops.queue_gauges import QueueGauges, StatsSettings
+from hqm.ops.readiness import Readiness
 from hqm.proto.fast_server import engine_name
 from hqm.proto.limits import Limits
 from hqm.queue.base import FleetLimits, Queue, QueueUnavailable
@@ -257,9 +258,7 @@ async def run_proxy(
         worker_task = asyncio.get_running_loop().create_task(worker.run())
     max_connections = connection_limit(raise_nofile(), configured=settings.max_connections)
     tracker = ConnectionTracker(max_connections)
-
-    async def ready() -> bool:
-        return not tracker.draining and await queue.ping()
+    ready = Readiness(queue, draining=lambda: tracker.draining)
 
     async def refresh() -> None:
         with contextlib.suppress(Exception):
@@ -277,6 +276,7 @@ async def run_proxy(
         settings=settings,
         metrics=metrics,
         access_log=access_log,
+        readiness=ready,
     )
     server = await _listen(
         "--listen",
@@ -312,7 +312,7 @@ async def run_proxy(
     await stop.wait()
     log.info("draining", extra={"timeout_s": settings.drain_timeout_s})
     server.close()
-    await tracker.drain(settings.drain_timeout_s)
+    await tracker.drain(settings.drain_timeout_s, release=handler.waits.release)
     if worker is not None and worker_task is not None:
         worker.stop()
         await worker_task

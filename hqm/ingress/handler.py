@@ -2,8 +2,10 @@
 hqm.ingress.admission), the queue write; the results API is hqm.ingress.results_api.
 
 A queue failure is the client's 503 with a fixed body (``{"error": "queue unavailable",
-"retry_after": 1}``, or ``"queue full"``): backend details (hosts, ports, driver errors)
-go to the log only, once per run of identical failures, and the recovery is logged.
+"retry_after": 1}``: perhaps stored; ``"queue full"`` or ``"queue refused the write"``:
+not stored): backend details (hosts, ports, driver errors) go to the log only, once per
+run of identical failures, and the recovery is logged. Enqueue failures feed /readyz
+(hqm.ops.readiness).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import orjson
 
 from hqm.ingress.admission import AdmissionError, admit
+from hqm.ingress.held import HeldWaits
 from hqm.ingress.openhqm_api import PREFIX as OPENHQM_PREFIX
 from hqm.ingress.openhqm_api import OpenHqmApi
 from hqm.ingress.passthrough import PassThrough
@@ -34,6 +37,7 @@ from hqm.io.http_server import Peer, Reply
 from hqm.io.streams import BodyStream, ResponseStream
 from hqm.ops.access_log import AccessLog, ResponseTap, proxy_entry, request_id_of
 from hqm.ops.metrics import ProxyMetrics
+from hqm.ops.readiness import Readiness
 from hqm.proto.envelope import RequestRecord
 from hqm.proto.headers import REQUEST_ID, header_value
 from hqm.proto.limits import RETRY_AFTER_S
@@ -41,9 +45,12 @@ from hqm.proto.prefer import parse_prefer
 from hqm.proto.replay_token import HEADER, verify
 from hqm.proto.server import RequestHead
 from hqm.proto.traceparent import trace_id_of
-from hqm.queue.base import Queue, QueueError, QueueFull
+from hqm.queue.base import Queue, QueueError, QueueFull, QueueRefused
 
 _FULL = {"error": "queue full", "retry_after": RETRY_AFTER_S}
+#: Redis answered and stored nothing (READONLY, NOAUTH, ...): unlike "queue unavailable",
+#: the client knows a resend is a first send.
+_REFUSED = {"error": "queue refused the write", "retry_after": RETRY_AFTER_S}
 _CONFLICT = {
     "error": "Idempotency-Key already used for another request",
     "header": "Idempotency-Key",
@@ -77,6 +84,7 @@ class ProxyHandler:
         queues: Mapping[str, Queue] | None = None,
         passthrough: PassThrough | None = None,
         access_log: AccessLog | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         #: --access-log: ``logged`` is then the server's handler (None: off).
         self._access = access_log if access_log is not None and access_log.enabled else None
@@ -97,6 +105,9 @@ class ProxyHandler:
         self._counters: dict[tuple[str, str], Any] = {}
         self._route_counters: dict[tuple[str, str], Any] = {}
         self._enqueue_trouble = _Trouble("enqueue")
+        self._readiness = readiness
+        #: Wait-mode clients held; released (answered as async) at the drain's end.
+        self.waits = HeldWaits()
         self._wait_trouble = _Trouble("wait")
         self._results = ResultsApi(queues=[queue, *self._queues.values()], wall_clock=wall_clock)
         #: The original OpenHQM's API on /api/v1/ (--openhqm-api), None when off.
@@ -206,12 +217,11 @@ class ProxyHandler:
         try:
             enqueued = await queue.enqueue(record, idempotency=admitted.idempotency)
         except QueueError as exc:
-            self._enqueue_trouble.failed(exc)
-            full = isinstance(exc, QueueFull)
-            self._count(mode, "full" if full else "unavailable")
-            return _json_reply(503, _FULL if full else _UNAVAILABLE, _RETRY_AFTER)
+            return self._enqueue_failed(mode, exc)
         if self._enqueue_trouble.failing:
             self._enqueue_trouble.recovered()
+            if self._readiness is not None:
+                self._readiness.enqueue_ok()
         self._metrics.enqueue_seconds.observe(time.perf_counter() - started)
         if enqueued.conflict:
             self._count(mode, "conflict")
@@ -221,7 +231,7 @@ class ProxyHandler:
             note["id"] = request_id
         if mode == "wait":
             try:
-                result = await queue.wait_result(request_id, wait_s)
+                result = await self.waits.wait(queue, request_id, wait_s)
             except QueueError as exc:
                 self._wait_trouble.failed(exc)
                 result = None  # the request is safely queued: answer as async
@@ -237,6 +247,21 @@ class ProxyHandler:
             mode, applied = "async", b""
         self._count(mode, "accepted")
         return self._accepted(request_id, mode, applied)
+
+    def _enqueue_failed(self, mode: str, exc: QueueError) -> Reply:
+        """503: "queue full" (--max-depth, or Redis at maxmemory) and "queue refused the
+        write" stored nothing; "queue unavailable" may have been stored."""
+        self._enqueue_trouble.failed(exc)
+        if self._readiness is not None:
+            self._readiness.enqueue_failed(exc)
+        if isinstance(exc, QueueFull):
+            outcome, payload = "full", _FULL
+        elif isinstance(exc, QueueRefused):
+            outcome, payload = "write_refused", _REFUSED
+        else:
+            outcome, payload = "unavailable", _UNAVAILABLE
+        self._count(mode, outcome)
+        return _json_reply(503, payload, _RETRY_AFTER)
 
     def _route_count(self, route: str, action: str) -> None:
         counter = self._route_counters.get((route, action))

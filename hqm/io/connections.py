@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
+
+from hqm.proto.limits import DRAIN_ANSWER_S
 
 
 class ConnectionTracker:
@@ -16,15 +19,27 @@ class ConnectionTracker:
         self.draining = False
         self.max_connections = max_connections
 
-    async def drain(self, timeout_s: float) -> None:
-        """Close idle connections now; let busy ones finish (then close) up to ``timeout_s``."""
+    async def drain(self, timeout_s: float, release: Callable[[], object] | None = None) -> None:
+        """Close idle connections now; let busy ones finish (then close) up to ``timeout_s``.
+
+        ``release`` is called DRAIN_ANSWER_S before that deadline (at once, for a shorter
+        timeout): handlers still holding a client for a result answer it then (the
+        proxy's wait mode: 202 + Location), before what is still open is aborted.
+        """
         self.draining = True
         for conn in list(self.connections):
             conn.close_if_idle()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.connections and loop.time() < deadline:
-            busy = [c.closed for c in self.connections]
-            await asyncio.wait(busy, timeout=deadline - loop.time())
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        if release is not None:
+            await self._closed(deadline - DRAIN_ANSWER_S)
+            release()
+        await self._closed(deadline)
         for conn in list(self.connections):
             conn.abort()
+
+    async def _closed(self, until: float) -> None:
+        """Until every connection closed, or the loop time ``until``."""
+        loop = asyncio.get_running_loop()
+        while self.connections and loop.time() < until:
+            busy = [c.closed for c in self.connections]
+            await asyncio.wait(busy, timeout=until - loop.time())

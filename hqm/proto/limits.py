@@ -55,6 +55,15 @@ STALE_WINDOW_S = 0.25
 KEEP_ALIVE_MARGIN_S = 0.5
 #: Time SIGTERM gives in-flight requests to finish.
 DRAIN_TIMEOUT_S = 30.0
+#: Wait-mode clients still held this long before the drain's end are answered as async
+#: (202 + Location) and their connections closed: writing ~300 bytes and closing takes
+#: milliseconds, and the drain as a whole stays within --drain-timeout.
+DRAIN_ANSWER_S = 0.5
+#: After an enqueue failed, /readyz fails this long even when its write probe passes
+#: (unless an enqueue succeeds first): every failure starts it again, so a probe during
+#: a run of failing enqueues fails whatever the probe's write meets; once traffic is
+#: gone (the pod out of rotation), the write probe alone decides within seconds.
+READY_HOLD_S = 5.0
 #: How long a finished result stays collectable.
 RESULT_TTL_S = 24 * 3600
 #: How long an Idempotency-Key is remembered: 24 h, as Stripe keeps keys, and equal to

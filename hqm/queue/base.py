@@ -26,7 +26,18 @@ class QueueFull(QueueError):
 
 
 class QueueUnavailable(QueueError):
-    """The backend cannot be reached or refused the write."""
+    """The backend could not be reached, or did not answer: a write may or may not have
+    been stored (it can land and its reply be lost)."""
+
+
+class QueueRefused(QueueError):
+    """The backend answered and refused the write before storing any of it (a read-only
+    replica, no or wrong credentials, a script it would not run, a key of the wrong
+    type): nothing was stored."""
+
+
+class QueueOutOfMemory(QueueFull, QueueRefused):
+    """Redis refused the write at ``maxmemory`` (OOM): nothing was stored."""
 
 
 class Status(StrEnum):
@@ -122,7 +133,8 @@ class Queue(abc.ABC):
     async def enqueue(
         self, record: RequestRecord, *, idempotency: IdempotencyClaim | None = None
     ) -> Enqueued:
-        """Store the request; returns only once it is durable. QueueFull/QueueUnavailable.
+        """Store the request; returns only once it is durable. QueueFull (nothing
+        stored), QueueRefused (nothing stored), QueueUnavailable (perhaps stored).
 
         ``record.not_before`` later than ``record.received_at``: scheduled (status
         delayed, counted in ``depth``, moved into the queue by ``promote_due`` once due).
@@ -211,7 +223,13 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def ping(self) -> bool:
-        """True when the backend answers; used by /readyz."""
+        """True when the backend answers."""
+
+    async def probe_write(self) -> None:
+        """Raise QueueError unless the backend takes a write now (the proxy's /readyz):
+        by default, unless it answers."""
+        if not await self.ping():
+            raise QueueUnavailable("no answer")
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -58,6 +58,11 @@ class QueueKeys:
         request sent with it (``key``: a hash of route and key, hqm.ingress.admission)."""
         return f"{self.prefix}idem:{key}"
 
+    @property
+    def probe(self) -> str:
+        """A short-lived key the proxy's /readyz writes to learn that Redis takes writes."""
+        return f"{self.prefix}probe"
+
     def reply_channel(self, instance: str) -> str:
         """Pub/sub channel on which workers notify one proxy instance."""
         return f"{self.prefix}reply:{instance}"

@@ -17,6 +17,7 @@ from hqm.queue.base import (
     Enqueued,
     IdempotencyClaim,
     QueueFull,
+    QueueRefused,
     RequestState,
     Status,
 )
@@ -79,9 +80,12 @@ def enqueue_item(
 
 
 def enqueued(reply: Any, record: RequestRecord, full: str) -> Enqueued:
-    """What the reply to an ``enqueue`` item means (QueueFull for 0)."""
+    """What the reply to an ``enqueue`` item means (QueueFull for 0, QueueRefused for
+    an Idempotency-Key Redis could not read: that item wrote nothing)."""
     if reply == 0:
         raise QueueFull(full)
+    if isinstance(reply, bytes) and reply[:1] == b"?":
+        raise QueueRefused(f"redis enqueue refused: {text(reply[1:])}")
     if isinstance(reply, bytes) and reply[:1] in (b"=", b"!"):
         first = valid_request_id(reply[1:])
         if reply[:1] == b"=" and first is not None:

@@ -5,7 +5,8 @@ The fields of request stream entries (``r`` the encoded request, ``a`` the attem
 submitted at, "u": updated at, "d": due at, "x": stream entry}``, written by
 ``encode_state`` only; "c" to "x" optional, so older states still read), stored results, the members of the delayed-retry
 sorted set, the items of the ``finish`` script; and how a Redis failure reaches the
-callers: always as ``QueueUnavailable``.
+callers: as ``QueueUnavailable`` (perhaps stored), or, for an enqueue Redis refused
+before storing any of it, ``QueueRefused`` (hqm.queue.redis_refusals).
 
 Decoding is total: whatever bytes a field holds (garbage, empty, a number beyond 64
 bits, negative, huge), a decoder returns a value or raises ``Corrupt`` with the reason,
@@ -39,6 +40,7 @@ from hqm.proto.envelope import (
 )
 from hqm.queue.base import (
     QueueError,
+    QueueRefused,
     QueueUnavailable,
     RequestState,
     Status,
@@ -91,10 +93,13 @@ def errors(op: str) -> Iterator[None]:
         raise QueueUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def failed(op: str) -> Callable[[BaseException], QueueUnavailable]:
-    """What the callers of a failed batch get: QueueUnavailable, with the reason."""
+def failed(op: str) -> Callable[[BaseException], QueueError]:
+    """What the callers of a failed batch get: QueueUnavailable with the reason, or the
+    refusal itself (a new one each) when Redis refused the whole batch's write."""
 
-    def failure(exc: BaseException) -> QueueUnavailable:
+    def failure(exc: BaseException) -> QueueError:
+        if isinstance(exc, QueueRefused):
+            return type(exc)(str(exc))
         if isinstance(exc, QueueError):
             return QueueUnavailable(str(exc))
         return QueueUnavailable(f"{op} aborted: {exc!r}")

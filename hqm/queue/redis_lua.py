@@ -164,7 +164,8 @@ end
 
 # The --max-depth check and the write are one step, and so are the Idempotency-Key's
 # check and its SET. One reply per item: 0 full; 1 scheduled (delayed set); the entry
-# id; for a known key "=" (the same request) or "!" (another one) and the id it names.
+# id; for a known key "=" (the same request) or "!" (another one) and the id it names;
+# "?" and the error when the key cannot be read (nothing of that item is written).
 _ENQUEUE_LUA = """
 local depth = redis.call('XLEN', stream) + redis.call('ZCARD', delayed)
 local max, out = tonumber(max_depth), {}
@@ -185,8 +186,10 @@ _ADD_LUA = """
 out[#out + 1] = add(state_key, id, record, member, due_at, state, state_ttl_ms)
 """
 _ADD_ONCE_LUA = """
-local known = redis.call('GET', idem_key)
-if known then
+local known = redis.pcall('GET', idem_key)
+if type(known) == 'table' then  -- not a string: this item writes nothing, the others go on
+  out[#out + 1] = '?' .. tostring(known.err)
+elseif known then
   local same = string.sub(known, 1, #fingerprint) == fingerprint
   out[#out + 1] = (same and '=' or '!') .. string.sub(known, #fingerprint + 1)
 else

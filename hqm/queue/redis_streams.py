@@ -11,8 +11,9 @@ one script call, and so do a worker's outcomes (complete, retry_later, dead_lett
 together with its next non-blocking claim; XREADGROUP BLOCK only runs when no backlog
 is left. Wait mode: see hqm.queue.redis_wait.
 
-Every Redis failure surfaces as ``QueueUnavailable``; redis-py reconnects on the
-next command, so the same object recovers when Redis comes back.
+Every Redis failure surfaces as ``QueueUnavailable``, an enqueue Redis refused as
+``QueueRefused`` (hqm.queue.redis_refusals); redis-py reconnects on the next command,
+so the same object recovers when Redis comes back.
 
 Poison: whatever a stream entry or a delayed member holds, it is decoded defensively
 (hqm.queue.redis_codec) before anything that can raise; one that does not decode is
@@ -79,6 +80,7 @@ from hqm.queue.redis_group import (
     read_entries,
     unpack_claimed,
 )
+from hqm.queue.redis_refusals import probe_write, refusals
 from hqm.queue.redis_scripts import Scripts
 from hqm.queue.redis_wait import Replies, notification
 
@@ -200,7 +202,8 @@ class RedisQueue(Queue):
             max_depth=self._max_depth,
             items=batch,
         )
-        return list(await self._script("enqueue", lua.ENQUEUE, keys, args))
+        with refusals("enqueue"):  # refused: nothing of the batch was stored
+            return list(await self._lua(lua.ENQUEUE, keys, args))
 
     async def cancel(self, request_id: str) -> CancelOutcome:
         return await cancel(
@@ -378,6 +381,9 @@ class RedisQueue(Queue):
             return bool(await asyncio.wait_for(self._redis.ping(), self._timeout))
         except Exception:
             return False
+
+    async def probe_write(self) -> None:
+        await probe_write(self._redis, self.keys, self.instance_id, self._timeout)
 
     async def close(self) -> None:
         if self._closed:
