@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from hqm.proto.envelope import Headers
 from hqm.proto.events import RequestHead
 from hqm.proto.headers import header_value
-from hqm.proto.target import Target, TargetError, normalize_host, parse_target
+from hqm.proto.target import Target, TargetError, normalize_host, parse_target, plain_path
 
 ACTIONS = ("queue", "pass", "reject")
 #: What becomes of a path whose readings take different routes (--ambiguous-path):
@@ -260,17 +260,21 @@ class RouteTable:
         if not self._all:
             return Match(self.default, target)
         if len(target.readings) == 1 and self._paths_only:
-            path = target.path.decode("latin-1")
-            for route in self._all:  # (Route.matches on methods and path alone)
-                if (not route.methods or head.method in route.methods) and (
-                    route.path is None or _path_matcher(route.path)(path)
-                ):
-                    return Match(route, target)
-            return Match(self.default, target)
+            return Match(self._first_on_path(head.method, target.path), target)
         views = self._views(head, target)
         first = self._first(next(views))
         others = {id(route): route for route in map(self._first, views) if route is not first}
         return Match(first, target, tuple(others.values()))
+
+    def _first_on_path(self, method: bytes, path: bytes) -> Route:
+        """``_first`` for a table whose routes look at methods and paths alone."""
+        text = path.decode("latin-1")
+        for route in self._all:
+            if (not route.methods or method in route.methods) and (
+                route.path is None or _path_matcher(route.path)(text)
+            ):
+                return route
+        return self.default
 
     def _first(self, view: View) -> Route:
         for route in self._all:
@@ -298,6 +302,11 @@ class RouteTable:
                     yield View(head.method, text, host, head.headers, pick)
 
     def decide(self, head: RequestHead, client: str) -> Decision:
+        path = plain_path(head.target) if self._paths_only else None
+        if path is not None:  # most requests: one reading, the path as sent
+            route = self._first_on_path(head.method, path)
+            if route.action != "api" and (route.action != "queue" or route.percent >= 100.0):
+                return self._whole[id(route)]
         try:
             match = self.match(head)
         except TargetError as exc:

@@ -189,6 +189,15 @@ def normalize_host(value: bytes) -> bytes:
     return _host_of(value.strip())
 
 
+def plain_path(raw: bytes) -> bytes | None:
+    """The path of an origin-form target that holds nothing to read otherwise (most
+    requests: their one reading is the path as sent), else None: ``parse_target`` it."""
+    if raw[:1] != b"/":
+        return None
+    path = raw.partition(b"?")[0]
+    return path if _SUSPECT.search(path) is None else None
+
+
 def parse_target(raw: bytes) -> Target:
     """The target's path, host and readings; TargetError for a form hqm cannot route."""
     authority, prefix = None, b""
