@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from hqm.ingress.admission import AdmissionError, admit
+from hqm.ingress.caller import owner
 from hqm.ingress.openhqm_api import PREFIX as OPENHQM_PREFIX
 from hqm.ingress.openhqm_api import OpenHqmApi
 from hqm.ingress.passthrough import PassThrough
@@ -151,7 +152,7 @@ class ProxyHandler:
         note: dict[str, str] | None = None,
     ) -> Reply:
         if head.target.startswith(_API_PREFIX):
-            return await self._results(head)
+            return await self._results(head, peer.host)
         if self._openhqm is not None and head.target.startswith(OPENHQM_PREFIX):
             return await self._openhqm(head, body, peer)
         if not isinstance(decision, Decision):
@@ -171,6 +172,8 @@ class ProxyHandler:
                 head,
                 body,
                 route="" if route is self._routes.default else route.name,
+                caller=route.caller,
+                client=peer.host,
                 now=received_at,
                 idempotency_ttl_s=self._settings.idempotency_ttl_s,
                 max_delay_s=self._settings.max_delay_s,
@@ -198,6 +201,7 @@ class ProxyHandler:
             max_attempts=route.max_attempts,
             route="" if route is self._routes.default else route.name,
             trace_id=trace_id_of(head.headers),
+            owner=owner(route.caller, head, peer.host) if route.result_access == "caller" else "",
         )
         if note is not None:
             note["mode"] = mode

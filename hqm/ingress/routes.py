@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hqm.ingress.caller import DEFAULT_SCOPE, CallerScope
 from hqm.proto.events import RequestHead
 from hqm.proto.headers import header_value
 
@@ -81,6 +82,10 @@ class Route:
     #: Added to the request on its way to the app (already ${ENV}-expanded). Secret:
     #: shown only as "<redacted>".
     inject_headers: tuple[tuple[bytes, bytes], ...] = ()
+    #: Who the caller is (hqm.ingress.caller): an Idempotency-Key is that caller's.
+    caller: CallerScope = DEFAULT_SCOPE
+    #: "id": the id reads the result; "caller": only with the submitter's credentials.
+    result_access: str = "id"
 
     def matches(self, head: RequestHead, path: bytes) -> bool:
         if self.methods and head.method not in self.methods:

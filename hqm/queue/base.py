@@ -54,6 +54,8 @@ class RequestState:
     updated_at: float = 0.0
     #: Epoch seconds a delayed request, or a retry, is due (0.0 when neither).
     not_before: float = 0.0
+    #: Who may read it ("": whoever has the id): ``RequestRecord.owner``.
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

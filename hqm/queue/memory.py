@@ -148,6 +148,7 @@ class MemoryQueue(Queue):
             submitted_at=record.received_at,
             updated_at=now,
             not_before=not_before,
+            owner=record.owner,
         )
         # (kept until due, then for the TTL: a delayed request's state outlives its wait)
         self._states[record.id] = (state, now + self._ttl + max(0.0, not_before - now))

@@ -142,6 +142,7 @@ async def cancel(
             stored.state.error,
             submitted=stored.state.submitted_at,
             updated=now(),
+            owner=stored.state.owner,
         )
         call_keys, args = CANCEL.bind(
             stream=keys.stream,

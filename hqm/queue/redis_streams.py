@@ -328,7 +328,9 @@ class RedisQueue(Queue):
         record, now = delivery.record, self._now()
         result = b"" if record.mode == "fire" else dead_result(error, attempts, now)
         raw, about = encode_request(record), (record.id, result, record.reply_to)
-        item = dead_item(delivery.entry_id, raw, error, attempts, now, *about, record.received_at)
+        item = dead_item(
+            delivery.entry_id, raw, error, attempts, now, *about, record.received_at, record.owner
+        )
         await self._outcomes.submit(item)
 
     async def _finish(self, batch: list[Item], *, own: bool = True) -> list[Any]:
