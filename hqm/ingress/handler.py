@@ -32,14 +32,14 @@ from hqm.ingress.results_api import json_reply as _json_reply
 from hqm.ingress.routes import Decision, Route
 from hqm.ingress.settings import ProxySettings
 from hqm.io.http_server import Peer, Reply
-from hqm.io.streams import BodyStream, ResponseStream
+from hqm.io.streams import BodyError, BodyStream, ResponseStream
 from hqm.ops.access_log import AccessLog, ResponseTap, proxy_entry, request_id_of
 from hqm.ops.metrics import ProxyMetrics
 from hqm.proto.envelope import RequestRecord
 from hqm.proto.headers import REQUEST_ID, header_value
 from hqm.proto.limits import RETRY_AFTER_S
 from hqm.proto.prefer import parse_prefer
-from hqm.proto.replay_token import HEADER, verify
+from hqm.proto.replay_token import HEADER, REMEMBER_S, ReplayRefused, Token, parse
 from hqm.proto.server import RequestHead
 from hqm.proto.traceparent import trace_id_of
 from hqm.queue.base import Queue, QueueError, QueueFull
@@ -55,6 +55,9 @@ log = logging.getLogger("hqm.ingress")
 #: signed replay (straight to the app, as it was already queued once).
 _NO_APP = Route(name="transparent", action="reject", status=502)
 _REPLAY = Route(name="replay", action="pass")
+#: A request with an HQM-Replay that does not prove a replay: never queued (a worker's
+#: replay queued again would loop), never passed.
+_REPLAY_REFUSED = Route(name="replay", action="reject", status=403)
 REPLAY_HEADER_LOWER = HEADER.lower()
 
 
@@ -94,6 +97,7 @@ class ProxyHandler:
         self._counters: dict[tuple[str, str], Any] = {}
         self._route_counters: dict[tuple[str, str], Any] = {}
         self._enqueue_trouble = _Trouble("enqueue")
+        self._spend_trouble = _Trouble("replay check")
         self._wait_trouble = _Trouble("wait")
         self._results = ResultsApi(queues=[queue, *self._queues.values()], wall_clock=wall_clock)
         #: The original OpenHQM's API on /api/v1/ (--openhqm-api), None when off.
@@ -267,12 +271,58 @@ class ProxyHandler:
             if dialled is None:  # never dialled: nobody configured an app on that port
                 error = f"no app is configured for port {peer.original_port}"
                 return Decision(_NO_APP, "reject", error=error)
-        if self._replay_key is not None:
-            token = header_value(head.headers, REPLAY_HEADER_LOWER)
-            if token is not None and verify(self._replay_key, token, self._now()) is not None:
-                return Decision(_REPLAY, "pass", dialled)  # a worker's replay: to the app
-        decision = self._routes.decide(head, peer.host)
+        decision = self._routes.decide(head, peer.host)  # a reject route rejects replays too
+        if self._replay_key is not None and decision.action != "reject":
+            value = header_value(head.headers, REPLAY_HEADER_LOWER)
+            if value is not None:  # a worker's replay: to the app, once proven
+                decision = self._replay(value)
         return decision if dialled is None else replace(decision, dialled=dialled)
+
+    def _replay(self, value: bytes) -> Decision:
+        """A replay's decision from its head: its time checked here, its MAC and its
+        single use once the body is in (``_proven``)."""
+        try:
+            token = parse(value)
+            token.check_time(self._now())
+        except ReplayRefused as exc:
+            return Decision(_REPLAY_REFUSED, "reject", error=f"HQM-Replay refused: {exc}")
+        return Decision(_REPLAY, "pass", replay=token)
+
+    async def _proven(
+        self, head: RequestHead, token: Token, body: BodyStream, out: ResponseStream
+    ) -> BodyStream | None:
+        """The replay's body, read whole (bounded by --max-body, as it was when queued)
+        before any byte goes on, once its token holds for this request and is spent
+        here; else None, the refusal answered (403 naming why, 413, 503)."""
+        assert self._replay_key is not None
+        try:
+            data = await _read_whole(body, self._settings.limits.max_body_bytes)
+        except BodyError:
+            return None  # the client broke off: nothing to answer
+        try:
+            if data is None:
+                await _stream_json(out, 413, {"error": "request body too large"})
+                return None
+            token.verify(self._replay_key, method=head.method, target=head.target, body=data)
+            if not await self._queue.spend(token.spent_id, REMEMBER_S):
+                raise ReplayRefused("already used")
+        except ReplayRefused as exc:
+            self._route_count(_REPLAY_REFUSED.name, "reject")
+            payload = {"error": f"HQM-Replay refused: {exc}", "route": _REPLAY_REFUSED.name}
+            await _stream_json(out, 403, payload)
+            return None
+        except QueueError as exc:
+            self._spend_trouble.failed(exc)
+            full = isinstance(exc, QueueFull)
+            await _stream_json(out, 503, _FULL if full else _UNAVAILABLE, _RETRY_AFTER)
+            return None
+        if self._spend_trouble.failing:
+            self._spend_trouble.recovered()
+        proven = BodyStream(pause=_nothing, resume=_nothing)
+        if data:
+            proven.feed(data)
+        proven.finish()
+        return proven
 
     async def stream(
         self,
@@ -282,29 +332,17 @@ class ProxyHandler:
         body: BodyStream,
         out: ResponseStream,
     ) -> None:
-        """A request passed straight to the app, both bodies streamed."""
+        """A request passed straight to the app, both bodies streamed (a replay's body
+        read whole and proven first)."""
         route = decision.route
-        self._route_count(route.name, "pass")
-        self._count("pass", "passed")
-        assert self._pass is not None
         access = self._access
         if access is None or not access.wanted():
-            await self._pass.relay(
-                head, decision.upstream, route.inject_headers, route.timeout_s, peer, body, out
-            )
+            await self._relay(head, decision, peer, body, out)
             return
         ts, started = self._now(), time.perf_counter()
         tap = ResponseTap(out)
         try:
-            await self._pass.relay(
-                head,
-                decision.upstream,
-                route.inject_headers,
-                route.timeout_s,
-                peer,
-                body,
-                ResponseStream(tap),
-            )
+            await self._relay(head, decision, peer, body, ResponseStream(tap))
         finally:
             declared = header_value(head.headers, b"content-length")
             access.add(
@@ -322,6 +360,27 @@ class ProxyHandler:
                     mode="pass",
                 )
             )
+
+    async def _relay(
+        self,
+        head: RequestHead,
+        decision: Decision,
+        peer: Peer,
+        body: BodyStream,
+        out: ResponseStream,
+    ) -> None:
+        if decision.replay is not None:
+            proven = await self._proven(head, decision.replay, body, out)
+            if proven is None:
+                return
+            body = proven
+        route = decision.route
+        self._route_count(route.name, "pass")
+        self._count("pass", "passed")
+        assert self._pass is not None
+        await self._pass.relay(
+            head, decision.upstream, route.inject_headers, route.timeout_s, peer, body, out
+        )
 
     def _reply_mode(self, head: RequestHead, route: Route) -> tuple[str, float, bytes]:
         """(mode, wait seconds, Preference-Applied value) for this request."""
@@ -344,3 +403,26 @@ class ProxyHandler:
         if applied:
             headers.append((b"Preference-Applied", applied))
         return Reply(202, headers, orjson.dumps(payload))
+
+
+def _nothing() -> None:
+    """A proven replay's body is all in memory: no client to pause or resume."""
+
+
+async def _read_whole(body: BodyStream, limit: int) -> bytes | None:
+    """All of ``body``; None once it passes ``limit`` bytes (the rest is not read)."""
+    chunks, size = [], 0
+    while data := await body.read():
+        size += len(data)
+        if size > limit:
+            return None
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+async def _stream_json(
+    out: ResponseStream, status: int, payload: dict, *extra: tuple[bytes, bytes]
+) -> None:
+    if out.start(status, [_JSON, *extra]):
+        await out.write(orjson.dumps(payload))
+        out.end()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from hqm.ingress.caller import DEFAULT_SCOPE, CallerScope
 from hqm.proto.events import RequestHead
 from hqm.proto.headers import header_value
+from hqm.proto.replay_token import Token
 
 ACTIONS = ("queue", "pass", "reject")
 STICKY_KINDS = ("request", "header", "cookie", "client")
@@ -118,6 +119,9 @@ class Decision:
     dialled: str | None = None
     #: A reject's reason, when not the route's own.
     error: str = ""
+    #: A worker's replay (HQM-Replay, its time checked): passed once its MAC holds for
+    #: the whole request, body included, and it was not spent before.
+    replay: Token | None = None
 
     @property
     def stream(self) -> bool:

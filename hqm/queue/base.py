@@ -154,6 +154,12 @@ class Queue(abc.ABC):
         Never stranded by a lost notification: implementations also poll.
         """
 
+    @abc.abstractmethod
+    async def spend(self, token: str, ttl_s: float) -> bool:
+        """Remember the single-use ``token`` (a digest naming it, e.g. a replay token's
+        ``spent_id``) for ``ttl_s``: True the first time, False while it is remembered.
+        QueueFull when it cannot be remembered (nothing is then to be let through)."""
+
     # --- worker side --------------------------------------------------------
     @abc.abstractmethod
     async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:

@@ -58,6 +58,11 @@ class QueueKeys:
         request sent with it (``key``: a hash of route and key, hqm.ingress.admission)."""
         return f"{self.prefix}idem:{key}"
 
+    def spent(self, token: str) -> str:
+        """A spent single-use token (an HQM-Replay's digest, never the token), kept
+        until the token would have expired."""
+        return f"{self.prefix}spent:{token}"
+
     def reply_channel(self, instance: str) -> str:
         """Pub/sub channel on which workers notify one proxy instance."""
         return f"{self.prefix}reply:{instance}"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
@@ -218,6 +219,11 @@ class RedisQueue(Queue):
     async def wait_result(self, request_id: str, timeout_s: float) -> ResponseRecord | None:
         """Notified with the result itself (``hqm.queue.redis_wait``); polls as well."""
         return await self._replies.wait(request_id, timeout_s)
+
+    async def spend(self, token: str, ttl_s: float) -> bool:
+        with errors("spend"):
+            ttl_ms = max(1, math.ceil(ttl_s * 1000))
+            return bool(await self._redis.set(self.keys.spent(token), b"1", nx=True, px=ttl_ms))
 
     # --- worker side --------------------------------------------------------
     async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:

@@ -12,7 +12,7 @@ from functools import partial
 
 from hqm.ops.access_log import AccessLog
 from hqm.ops.metrics import WorkerMetrics
-from hqm.proto.envelope import ResponseRecord
+from hqm.proto.envelope import RequestRecord, ResponseRecord
 from hqm.proto.headers import (
     ForwardedInfo,
     header_value,
@@ -328,10 +328,11 @@ class Worker:
         )
         if record.route:
             headers = with_injected(headers, self._settings.route_headers.get(record.route, ()))
+        stamp = None
         if self._settings.replay_key is not None:  # a transparent proxy passes it on
-            headers.append((REPLAY_HEADER, sign(self._settings.replay_key, record.id, self._now())))
+            stamp = partial(self._replay_token, self._settings.replay_key, record)
         try:
-            response = await sender.send(delivery, headers, seat=seat, queue=lane.name)
+            response = await sender.send(delivery, headers, seat=seat, queue=lane.name, stamp=stamp)
         except UpstreamError as exc:
             seat.release()
             failure = Failure(str(exc), reached=exc.reached, permanent=exc.permanent)
@@ -373,6 +374,18 @@ class Worker:
             record.method,
         )
         await outcomes.complete(delivery, response)
+
+    def _replay_token(self, key: bytes, record: RequestRecord) -> tuple[bytes, bytes]:
+        """A fresh HQM-Replay for one write of ``record`` (bound to it, spent once)."""
+        token = sign(
+            key,
+            record.id,
+            self._now(),
+            method=record.method,
+            target=record.target,
+            body=record.body,
+        )
+        return REPLAY_HEADER, token
 
     async def _drain(self) -> None:
         """Let in-flight requests finish (bounded); what is cut off stays pending, not

@@ -62,7 +62,13 @@ class Sender:
         self._changed.set()
 
     async def send(
-        self, delivery: Delivery, headers: list[tuple[bytes, bytes]], *, seat: Seat, queue: str
+        self,
+        delivery: Delivery,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        seat: Seat,
+        queue: str,
+        stamp: Callable[[], tuple[bytes, bytes]] | None = None,
     ) -> ResponseRecord | None:
         """Send until the app is reached; None when stopped first.
 
@@ -70,7 +76,7 @@ class Sender:
         delivery waits for the breaker (its claim renewed with the others, its slot
         given back: parked) and goes again, until --max-retry-duration has passed
         since its first such failure. The record's ``timeout_s`` (when > 0) replaces
-        --read-timeout.
+        --read-timeout. ``stamp``: a header minted for each write (UpstreamPool.request).
         """
         record = delivery.record
         read_timeout_s = record.timeout_s if record.timeout_s > 0 else None
@@ -98,6 +104,7 @@ class Sender:
                         headers,
                         record.body,
                         read_timeout_s=read_timeout_s,
+                        stamp=stamp,
                     )
                 except UpstreamError as exc:
                     self._observe(queue, "error", time.perf_counter() - started)
