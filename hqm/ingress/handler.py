@@ -22,7 +22,9 @@ from hqm.ingress.caller import owner
 from hqm.ingress.openhqm_api import PREFIX as OPENHQM_PREFIX
 from hqm.ingress.openhqm_api import OpenHqmApi
 from hqm.ingress.passthrough import PassThrough
+from hqm.ingress.replay_gate import ReplayGate
 from hqm.ingress.results_api import API_PREFIX as _API_PREFIX
+from hqm.ingress.results_api import FULL as _FULL
 from hqm.ingress.results_api import JSON as _JSON
 from hqm.ingress.results_api import REQUESTS_PATH, ResultsApi, record_reply
 from hqm.ingress.results_api import RETRY_AFTER as _RETRY_AFTER
@@ -32,19 +34,17 @@ from hqm.ingress.results_api import json_reply as _json_reply
 from hqm.ingress.routes import Decision, Route
 from hqm.ingress.settings import ProxySettings
 from hqm.io.http_server import Peer, Reply
-from hqm.io.streams import BodyError, BodyStream, ResponseStream
+from hqm.io.streams import BodyStream, ResponseStream
 from hqm.ops.access_log import AccessLog, ResponseTap, proxy_entry, request_id_of
 from hqm.ops.metrics import ProxyMetrics
 from hqm.proto.envelope import RequestRecord
 from hqm.proto.headers import REQUEST_ID, header_value
-from hqm.proto.limits import RETRY_AFTER_S
 from hqm.proto.prefer import parse_prefer
-from hqm.proto.replay_token import HEADER, REMEMBER_S, ReplayRefused, Token, parse
+from hqm.proto.replay_token import HEADER
 from hqm.proto.server import RequestHead
 from hqm.proto.traceparent import trace_id_of
 from hqm.queue.base import Queue, QueueError, QueueFull
 
-_FULL = {"error": "queue full", "retry_after": RETRY_AFTER_S}
 _CONFLICT = {
     "error": "Idempotency-Key already used for another request",
     "header": "Idempotency-Key",
@@ -54,10 +54,6 @@ log = logging.getLogger("hqm.ingress")
 #: Transparent mode: a port no app is configured on (502, never dialled); a worker's
 #: signed replay (straight to the app, as it was already queued once).
 _NO_APP = Route(name="transparent", action="reject", status=502)
-_REPLAY = Route(name="replay", action="pass")
-#: A request with an HQM-Replay that does not prove a replay: never queued (a worker's
-#: replay queued again would loop), never passed.
-_REPLAY_REFUSED = Route(name="replay", action="reject", status=403)
 REPLAY_HEADER_LOWER = HEADER.lower()
 
 
@@ -90,14 +86,24 @@ class ProxyHandler:
         #: Transparent mode: the configured app of each port ("default" first).
         self._by_port = {address.port: name for name, address in settings.upstreams.items()}
         self._by_port[settings.upstream.port] = "default"
-        self._replay_key = settings.replay_key
+        #: HQM-Replay checked and spent (None: no replay key, the header is dropped).
+        self._replays = (
+            None
+            if settings.replay_key is None
+            else ReplayGate(
+                key=settings.replay_key,
+                queue=queue,
+                max_body_bytes=settings.limits.max_body_bytes,
+                on_refused=lambda: self._route_count("replay", "reject"),
+                wall_clock=wall_clock,
+            )
+        )
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
         self._counters: dict[tuple[str, str], Any] = {}
         self._route_counters: dict[tuple[str, str], Any] = {}
         self._enqueue_trouble = _Trouble("enqueue")
-        self._spend_trouble = _Trouble("replay check")
         self._wait_trouble = _Trouble("wait")
         self._results = ResultsApi(queues=[queue, *self._queues.values()], wall_clock=wall_clock)
         #: The original OpenHQM's API on /api/v1/ (--openhqm-api), None when off.
@@ -272,57 +278,11 @@ class ProxyHandler:
                 error = f"no app is configured for port {peer.original_port}"
                 return Decision(_NO_APP, "reject", error=error)
         decision = self._routes.decide(head, peer.host)  # a reject route rejects replays too
-        if self._replay_key is not None and decision.action != "reject":
+        if self._replays is not None and decision.action != "reject":
             value = header_value(head.headers, REPLAY_HEADER_LOWER)
             if value is not None:  # a worker's replay: to the app, once proven
-                decision = self._replay(value)
+                decision = self._replays.decide(value)
         return decision if dialled is None else replace(decision, dialled=dialled)
-
-    def _replay(self, value: bytes) -> Decision:
-        """A replay's decision from its head: its time checked here, its MAC and its
-        single use once the body is in (``_proven``)."""
-        try:
-            token = parse(value)
-            token.check_time(self._now())
-        except ReplayRefused as exc:
-            return Decision(_REPLAY_REFUSED, "reject", error=f"HQM-Replay refused: {exc}")
-        return Decision(_REPLAY, "pass", replay=token)
-
-    async def _proven(
-        self, head: RequestHead, token: Token, body: BodyStream, out: ResponseStream
-    ) -> BodyStream | None:
-        """The replay's body, read whole (bounded by --max-body, as it was when queued)
-        before any byte goes on, once its token holds for this request and is spent
-        here; else None, the refusal answered (403 naming why, 413, 503)."""
-        assert self._replay_key is not None
-        try:
-            data = await _read_whole(body, self._settings.limits.max_body_bytes)
-        except BodyError:
-            return None  # the client broke off: nothing to answer
-        try:
-            if data is None:
-                await _stream_json(out, 413, {"error": "request body too large"})
-                return None
-            token.verify(self._replay_key, method=head.method, target=head.target, body=data)
-            if not await self._queue.spend(token.spent_id, REMEMBER_S):
-                raise ReplayRefused("already used")
-        except ReplayRefused as exc:
-            self._route_count(_REPLAY_REFUSED.name, "reject")
-            payload = {"error": f"HQM-Replay refused: {exc}", "route": _REPLAY_REFUSED.name}
-            await _stream_json(out, 403, payload)
-            return None
-        except QueueError as exc:
-            self._spend_trouble.failed(exc)
-            full = isinstance(exc, QueueFull)
-            await _stream_json(out, 503, _FULL if full else _UNAVAILABLE, _RETRY_AFTER)
-            return None
-        if self._spend_trouble.failing:
-            self._spend_trouble.recovered()
-        proven = BodyStream(pause=_nothing, resume=_nothing)
-        if data:
-            proven.feed(data)
-        proven.finish()
-        return proven
 
     async def stream(
         self,
@@ -370,7 +330,8 @@ class ProxyHandler:
         out: ResponseStream,
     ) -> None:
         if decision.replay is not None:
-            proven = await self._proven(head, decision.replay, body, out)
+            assert self._replays is not None
+            proven = await self._replays.proven(head, decision.replay, body, out)
             if proven is None:
                 return
             body = proven
@@ -403,26 +364,3 @@ class ProxyHandler:
         if applied:
             headers.append((b"Preference-Applied", applied))
         return Reply(202, headers, orjson.dumps(payload))
-
-
-def _nothing() -> None:
-    """A proven replay's body is all in memory: no client to pause or resume."""
-
-
-async def _read_whole(body: BodyStream, limit: int) -> bytes | None:
-    """All of ``body``; None once it passes ``limit`` bytes (the rest is not read)."""
-    chunks, size = [], 0
-    while data := await body.read():
-        size += len(data)
-        if size > limit:
-            return None
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-async def _stream_json(
-    out: ResponseStream, status: int, payload: dict, *extra: tuple[bytes, bytes]
-) -> None:
-    if out.start(status, [_JSON, *extra]):
-        await out.write(orjson.dumps(payload))
-        out.end()

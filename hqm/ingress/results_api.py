@@ -40,6 +40,7 @@ _ID_RE = re.compile(rb"[0-9a-f]{32}")
 JSON = (b"Content-Type", b"application/json")
 RETRY_AFTER = (b"Retry-After", str(RETRY_AFTER_S).encode())
 UNAVAILABLE = {"error": "queue unavailable", "retry_after": RETRY_AFTER_S}
+FULL = {"error": "queue full", "retry_after": RETRY_AFTER_S}
 _PENDING = frozenset({Status.QUEUED, Status.DELAYED, Status.PROCESSING, Status.RETRYING})
 _STORED = frozenset({Status.DONE, Status.DEAD})
 _METHODS = (b"GET", b"HEAD", b"DELETE")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import secrets
 import socket
@@ -57,7 +56,7 @@ from hqm.queue.base import (
 )
 from hqm.queue.batch import Batcher
 from hqm.queue.keys import GROUP, QueueKeys
-from hqm.queue.redis_admit import EnqueueItem, cancel, enqueue_item, enqueued, read_state
+from hqm.queue.redis_admit import EnqueueItem, cancel, enqueue_item, enqueued, read_state, spend
 from hqm.queue.redis_codec import (
     Item,
     dead_item,
@@ -221,9 +220,7 @@ class RedisQueue(Queue):
         return await self._replies.wait(request_id, timeout_s)
 
     async def spend(self, token: str, ttl_s: float) -> bool:
-        with errors("spend"):
-            ttl_ms = max(1, math.ceil(ttl_s * 1000))
-            return bool(await self._redis.set(self.keys.spent(token), b"1", nx=True, px=ttl_ms))
+        return await spend(self._redis, self.keys, token, ttl_s)
 
     # --- worker side --------------------------------------------------------
     async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:

@@ -12,15 +12,13 @@ from functools import partial
 
 from hqm.ops.access_log import AccessLog
 from hqm.ops.metrics import WorkerMetrics
-from hqm.proto.envelope import RequestRecord, ResponseRecord
+from hqm.proto.envelope import ResponseRecord
 from hqm.proto.headers import (
     ForwardedInfo,
     header_value,
     upstream_request_headers,
     with_injected,
 )
-from hqm.proto.replay_token import HEADER as REPLAY_HEADER
-from hqm.proto.replay_token import sign
 from hqm.queue.base import Delivery, Queue, QueueError
 from hqm.worker.claims import Claimed, Claimer, Lane
 from hqm.worker.fleet import FleetGate
@@ -34,7 +32,7 @@ from hqm.worker.retry import (
     may_retry,
     parse_retry_after,
 )
-from hqm.worker.sender import Sender
+from hqm.worker.sender import Sender, replay_stamp
 from hqm.worker.settings import WorkerSettings
 from hqm.worker.slots import Seat, Slots
 from hqm.worker.upstream import UpstreamError, UpstreamPool
@@ -328,9 +326,8 @@ class Worker:
         )
         if record.route:
             headers = with_injected(headers, self._settings.route_headers.get(record.route, ()))
-        stamp = None
-        if self._settings.replay_key is not None:  # a transparent proxy passes it on
-            stamp = partial(self._replay_token, self._settings.replay_key, record)
+        key = self._settings.replay_key  # (a transparent proxy passes a signed replay on)
+        stamp = None if key is None else replay_stamp(key, record, self._now)
         try:
             response = await sender.send(delivery, headers, seat=seat, queue=lane.name, stamp=stamp)
         except UpstreamError as exc:
@@ -374,18 +371,6 @@ class Worker:
             record.method,
         )
         await outcomes.complete(delivery, response)
-
-    def _replay_token(self, key: bytes, record: RequestRecord) -> tuple[bytes, bytes]:
-        """A fresh HQM-Replay for one write of ``record`` (bound to it, spent once)."""
-        token = sign(
-            key,
-            record.id,
-            self._now(),
-            method=record.method,
-            target=record.target,
-            body=record.body,
-        )
-        return REPLAY_HEADER, token
 
     async def _drain(self) -> None:
         """Let in-flight requests finish (bounded); what is cut off stays pending, not

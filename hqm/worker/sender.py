@@ -13,7 +13,9 @@ from collections.abc import Callable
 from prometheus_client import Histogram
 
 from hqm.ops.metrics import WorkerMetrics
-from hqm.proto.envelope import ResponseRecord
+from hqm.proto.envelope import RequestRecord, ResponseRecord
+from hqm.proto.replay_token import HEADER as REPLAY_HEADER
+from hqm.proto.replay_token import sign
 from hqm.queue.base import Delivery
 from hqm.worker.breaker import Breaker, State
 from hqm.worker.fleet import FleetGate
@@ -22,6 +24,19 @@ from hqm.worker.slots import Seat
 from hqm.worker.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("hqm.worker.loop")
+
+
+def replay_stamp(
+    key: bytes, record: RequestRecord, clock: Callable[[], float]
+) -> Callable[[], tuple[bytes, bytes]]:
+    """An HQM-Replay header minted anew for each write of ``record`` (bound to it; a
+    proxy spends each once)."""
+
+    def stamp() -> tuple[bytes, bytes]:
+        request = {"method": record.method, "target": record.target, "body": record.body}
+        return REPLAY_HEADER, sign(key, record.id, clock(), **request)
+
+    return stamp
 
 
 class Sender:
