@@ -212,15 +212,19 @@ def test_the_longest_key_and_no_key() -> None:
         idempotency_key(((b"Idempotency-Key", b'"a"'), (b"Idempotency-Key", b'"a"')))
 
 
-def test_claims_are_scoped_to_the_route_and_fingerprint_the_request() -> None:
-    def claim(route: str = "", target: bytes = b"/a", body: bytes = b"x") -> IdempotencyClaim:
+def test_claims_are_scoped_to_the_route_and_caller_and_fingerprint_the_request() -> None:
+    def claim(
+        route: str = "", target: bytes = b"/a", body: bytes = b"x", caller: str = "alice"
+    ) -> IdempotencyClaim:
         return idempotency_claim(
-            "k", route=route, method=b"POST", target=target, body=body, ttl_s=1.0
+            "k", route=route, caller=caller, method=b"POST", target=target, body=body, ttl_s=1.0
         )
 
     assert claim() == claim()
     assert claim().key != claim(route="payments").key
+    assert claim().key != claim(caller="mallory").key
     assert claim().fingerprint == claim(route="payments").fingerprint
+    assert claim().fingerprint == claim(caller="mallory").fingerprint
     assert claim().fingerprint != claim(body=b"y").fingerprint
     assert claim().fingerprint != claim(target=b"/b").fingerprint
     # lengths are part of what is hashed: moving a byte from target to body differs

@@ -325,7 +325,7 @@ def test_routes_are_the_label_of_the_routed_counter(tmp_path, backend):
         hqm.terminate()
 
 
-def test_a_signed_replay_passes_straight_to_the_app_and_a_forged_one_is_queued(
+def test_a_signed_replay_passes_straight_to_the_app_and_a_forged_one_is_refused(
     tmp_path, backend, redis_server
 ):
     from hqm.proto.replay_token import sign
@@ -334,18 +334,20 @@ def test_a_signed_replay_passes_straight_to_the_app_and_a_forged_one_is_queued(
     key.write_text("k3y\n")
     hqm = proxy(backend.address, "--redis", redis_server.url, "--replay-key-file", str(key))
     try:
-        token = sign(b"k3y", "0123456789abcdef0123456789abcdef", time.time())
+        rid, request_of = "0123456789abcdef0123456789abcdef", {"method": b"POST", "target": b"/r"}
+        token = sign(b"k3y", rid, time.time(), **request_of, body=b"x")
         passed = request(hqm.port, b"POST", b"/r", [(b"Host", b"a"), (b"HQM-Replay", token)], b"x")
         assert passed.status == 200  # the app's own answer: not queued again
         (seen,) = backend.seen
         assert seen.header(b"hqm-replay") is None  # stripped before the app
-        forged = sign(b"other-key", "0123456789abcdef0123456789abcdef", time.time())
-        for value in (forged, b"v1.garbage", token.replace(b"v1.0", b"v1.1")):
-            queued = request(hqm.port, b"POST", b"/f", [(b"Host", b"a"), (b"HQM-Replay", value)])
-            assert queued.status == 202
+        forged = sign(b"other-key", rid, time.time(), **request_of, body=b"x")
+        for value in (forged, b"v1.garbage", token.replace(b"v2.0", b"v2.1")):
+            refused = request(hqm.port, b"POST", b"/r", [(b"Host", b"a"), (b"HQM-Replay", value)])
+            assert refused.status == 403 and "HQM-Replay refused" in refused.json()["error"]
         assert backend.count() == 1
+        # never queued: a worker's replay queued again would loop
         entries = command(redis_server.port, "XRANGE", "hqm:{default}:stream", "-", "+")
-        assert entries.count(b"/f") == 3 and b"HQM-Replay" not in entries
+        assert entries == b"*0\r\n"
     finally:
         hqm.terminate()
 

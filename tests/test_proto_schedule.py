@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from hqm.ingress.admission import admit
+from hqm.ingress.caller import DEFAULT_SCOPE
 from hqm.proto.events import RequestHead
 from hqm.proto.schedule import (
     ScheduleError,
@@ -111,15 +112,20 @@ def test_the_bound_itself_is_allowed() -> None:
     assert not_before(((b"HQM-Delay", b"2592000"),), now=NOW, max_delay_s=MONTH) == NOW + MONTH
 
 
+ADMIT: dict = {
+    "route": "", "caller": DEFAULT_SCOPE, "client": "", "idempotency_ttl_s": 1.0, "max_delay_s": MONTH
+}  # fmt: skip
+
+
 def test_the_headers_for_hqm_are_removed_and_nothing_else() -> None:
     def stored(*headers: tuple[bytes, bytes]) -> tuple:
         head = RequestHead(b"POST", b"/", headers, b"1.1")
-        return admit(head, b"", route="", now=NOW, idempotency_ttl_s=1.0, max_delay_s=MONTH).headers
+        return admit(head, b"", now=NOW, **ADMIT).headers
 
     kept = ((b"Host", b"x"), (b"X-Keep", b"1"), (b"HQM-Request-Id", b"kept: dropped at replay"))
     for schedule in ((b"hqm-delay", b"5"), (b"HQM-Not-Before", b"%d" % (NOW + 5))):
         headers = (kept[0], schedule, kept[1], (b"HQM-Replay", b"v1.forged"), kept[2])
         assert stored(*headers) == kept
     plain = RequestHead(b"GET", b"/", kept, b"1.1")
-    admitted = admit(plain, b"", route="", now=NOW, idempotency_ttl_s=1.0, max_delay_s=MONTH)
+    admitted = admit(plain, b"", now=NOW, **ADMIT)
     assert admitted.headers is kept  # nothing to remove: no copy

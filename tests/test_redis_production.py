@@ -85,16 +85,17 @@ def _serve_end_to_end(url: str) -> None:
         backend.close()
 
 
-def _refused(url: str, expected: str, secret: str = "") -> None:
-    """A Redis hqm may not use: the proxy answers 503 "queue unavailable" and logs one
-    line naming why; the worker keeps retrying with that reason. ``secret`` never
-    appears in either log."""
+def _refused(url: str, expected: str, secret: str = "", error: str = "queue unavailable") -> None:
+    """A Redis hqm may not use: the proxy answers 503 ``error`` ("queue unavailable" when
+    no connection is made; "queue refused the write" when Redis answered and stored
+    nothing) and logs one line naming why; the worker keeps retrying with that reason.
+    ``secret`` never appears in either log."""
     backend = Backend()
     try:
         with _proxy_and_worker(url, backend) as (front, worker):
             answer = request(front.port, b"POST", b"/x", body=BODY)
             assert answer.status == 503
-            assert answer.json()["error"] == "queue unavailable"
+            assert answer.json()["error"] == error
             for process in (front, worker):
                 assert wait_until(lambda p=process: expected in p.log()), process.log()
                 if secret:
@@ -200,7 +201,8 @@ def test_acl_user_end_to_end_and_a_wrong_password(redis_server: RedisServer) -> 
     assert status.returncode == 0, status.stdout + status.stderr
     # nothing hqm sent was refused by the ACL (a script's commands are checked too)
     assert command(redis_server.port, "ACL", "LOG") == b"*0\r\n"
-    _refused(f"redis://hqm:wrong-secret-77@{base}", "invalid username-password", "wrong-secret-77")
+    wrong = f"redis://hqm:wrong-secret-77@{base}"
+    _refused(wrong, "invalid username-password", "wrong-secret-77", "queue refused the write")
 
 
 def test_config_check_redacts_the_password() -> None:

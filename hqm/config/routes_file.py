@@ -15,6 +15,7 @@ from typing import Any
 
 from hqm.config.options import ConfigError
 from hqm.config.tables import MAX_SECONDS, REPLY_MODES
+from hqm.ingress.caller import RESULT_ACCESS, CallerScope
 from hqm.ingress.routes import (
     ACTIONS,
     DEFAULT_AMBIGUOUS,
@@ -41,6 +42,8 @@ KEYS = (
     "timeout",
     "max_attempts",
     "inject_headers",
+    "caller",
+    "result_access",
 )
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
@@ -144,6 +147,19 @@ def _route(
         fields["max_attempts"] = attempts
     if "inject_headers" in raw:
         fields["inject_headers"] = _inject(where, raw["inject_headers"], env)
+    caller = _get(raw, "caller", str, where)
+    if caller is not None:
+        try:
+            fields["caller"] = CallerScope.parse(caller)
+        except ValueError as exc:
+            raise ConfigError(f"{where} caller: {exc}") from None
+    access = _get(raw, "result_access", str, where)
+    if access is not None:
+        if access not in RESULT_ACCESS or (access != "id" and action != "queue"):
+            raise ConfigError(
+                f'{where} result_access: "id" or "caller" (for action = "queue"), got {access!r}'
+            )
+        fields["result_access"] = access
     return Route(**fields)
 
 

@@ -6,8 +6,10 @@ handler calls them; a refusal is an ``AdmissionError`` naming the header (400).
 Idempotency-Key (IETF httpapi draft "The Idempotency-Key HTTP Header Field"): an
 RFC 8941 sf-string (``"8e03978e-40d5-43e8-bc93-6894a57f9324"``); a bare sf-token is
 accepted too. One field, 1 to MAX_IDEMPOTENCY_KEY_CHARS characters. A key belongs to
-a route: the queue's key is a hash of the route name and the key; the fingerprint a
-hash of method, request-target and body (what makes "the same request").
+a route and a caller (Stripe's model; who the caller is: the route's ``caller``,
+hqm.ingress.caller): the queue's key is a hash of the route name, the caller's digest
+and the key, so another caller's same key is another key; the fingerprint a hash of
+method, request-target and body (what makes "the same request").
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from hqm.ingress.caller import CallerScope
+from hqm.ingress.caller import digest as caller_digest
 from hqm.proto.envelope import Headers
 from hqm.proto.limits import MAX_IDEMPOTENCY_KEY_CHARS
 from hqm.proto.replay_token import HEADER as REPLAY_HEADER
@@ -90,12 +94,19 @@ def _digest(*parts: bytes) -> str:
 
 
 def idempotency_claim(
-    key: str, *, route: str, method: bytes, target: bytes, body: bytes, ttl_s: float
+    key: str,
+    *,
+    route: str,
+    caller: str,
+    method: bytes,
+    target: bytes,
+    body: bytes,
+    ttl_s: float,
 ) -> IdempotencyClaim:
-    """The claim the queue remembers ``key`` by: scoped to ``route``, fingerprinted by
-    what the request is."""
+    """The claim the queue remembers ``key`` by: scoped to ``route`` and ``caller`` (its
+    digest), fingerprinted by what the request is."""
     return IdempotencyClaim(
-        key=_digest(route.encode(), key.encode()),
+        key=_digest(route.encode(), caller.encode(), key.encode()),
         fingerprint=_digest(method, target, body),
         ttl_s=ttl_s,
     )
@@ -106,11 +117,14 @@ def admit(
     body: bytes,
     *,
     route: str,
+    caller: CallerScope,
+    client: str,
     now: float,
     idempotency_ttl_s: float,
     max_delay_s: float,
 ) -> Admission:
-    """The request as it will be stored; AdmissionError when a header is refused."""
+    """The request as it will be stored; AdmissionError when a header is refused.
+    ``caller``, ``client``: who sent it (its Idempotency-Key is that caller's)."""
     try:
         due = not_before(head.headers, now=now, max_delay_s=max_delay_s)
     except ScheduleError as exc:
@@ -121,6 +135,7 @@ def admit(
         claim = idempotency_claim(
             key,
             route=route,
+            caller=caller_digest(caller, head, client),
             method=head.method,
             target=head.target,
             body=body,

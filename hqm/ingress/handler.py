@@ -20,11 +20,14 @@ from typing import Any
 import orjson
 
 from hqm.ingress.admission import AdmissionError, admit
+from hqm.ingress.caller import owner
 from hqm.ingress.held import HeldWaits
 from hqm.ingress.openhqm_api import PREFIX as OPENHQM_PREFIX
 from hqm.ingress.openhqm_api import OpenHqmApi
 from hqm.ingress.passthrough import PassThrough
+from hqm.ingress.replay_gate import ReplayGate
 from hqm.ingress.results_api import API_PREFIX as _API_PREFIX
+from hqm.ingress.results_api import FULL as _FULL
 from hqm.ingress.results_api import JSON as _JSON
 from hqm.ingress.results_api import REQUESTS_PATH, ResultsApi, record_reply
 from hqm.ingress.results_api import RETRY_AFTER as _RETRY_AFTER
@@ -42,12 +45,11 @@ from hqm.proto.envelope import RequestRecord
 from hqm.proto.headers import REQUEST_ID, header_value
 from hqm.proto.limits import RETRY_AFTER_S
 from hqm.proto.prefer import parse_prefer
-from hqm.proto.replay_token import HEADER, verify
+from hqm.proto.replay_token import HEADER
 from hqm.proto.server import RequestHead
 from hqm.proto.traceparent import trace_id_of
 from hqm.queue.base import Queue, QueueError, QueueFull, QueueRefused
 
-_FULL = {"error": "queue full", "retry_after": RETRY_AFTER_S}
 #: Redis answered and stored nothing (READONLY, NOAUTH, ...): unlike "queue unavailable",
 #: the client knows a resend is a first send.
 _REFUSED = {"error": "queue refused the write", "retry_after": RETRY_AFTER_S}
@@ -60,7 +62,6 @@ log = logging.getLogger("hqm.ingress")
 #: Transparent mode: a port no app is configured on (502, never dialled); a worker's
 #: signed replay (straight to the app, as it was already queued once).
 _NO_APP = Route(name="transparent", action="reject", status=502)
-_REPLAY = Route(name="replay", action="pass")
 #: hqm's own endpoints, matched before the configured routes on every reading of a
 #: path (so no spelling of /_hqm/... reaches the app, nor an app path reaches hqm's).
 _RESULTS_ROUTE = Route(name="api", action="api", path=_API_PREFIX.decode() + "*")
@@ -98,7 +99,18 @@ class ProxyHandler:
         #: Transparent mode: the configured app of each port ("default" first).
         self._by_port = {address.port: name for name, address in settings.upstreams.items()}
         self._by_port[settings.upstream.port] = "default"
-        self._replay_key = settings.replay_key
+        #: HQM-Replay checked and spent (None: no replay key, the header is dropped).
+        self._replays = (
+            None
+            if settings.replay_key is None
+            else ReplayGate(
+                key=settings.replay_key,
+                queue=queue,
+                max_body_bytes=settings.limits.max_body_bytes,
+                on_refused=lambda: self._route_count("replay", "reject"),
+                wall_clock=wall_clock,
+            )
+        )
         self._settings = settings
         self._metrics = metrics
         self._now = wall_clock
@@ -166,7 +178,7 @@ class ProxyHandler:
             head = replace(head, target=decision.target)
         if decision.action == "api":
             if head.target.startswith(_API_PREFIX) or self._openhqm is None:
-                return await self._results(head)
+                return await self._results(head, peer.host)
             return await self._openhqm(head, body, peer)
         route = decision.route
         if decision.action == "reject":
@@ -183,6 +195,8 @@ class ProxyHandler:
                 head,
                 body,
                 route="" if route is self._routes.default else route.name,
+                caller=route.caller,
+                client=peer.host,
                 now=received_at,
                 idempotency_ttl_s=self._settings.idempotency_ttl_s,
                 max_delay_s=self._settings.max_delay_s,
@@ -210,6 +224,7 @@ class ProxyHandler:
             max_attempts=route.max_attempts,
             route="" if route is self._routes.default else route.name,
             trace_id=trace_id_of(head.headers),
+            owner=owner(route.caller, head, peer.host) if route.result_access == "caller" else "",
         )
         if note is not None:
             note["mode"] = mode
@@ -288,10 +303,10 @@ class ProxyHandler:
             if dialled is None:  # never dialled: nobody configured an app on that port
                 error = f"no app is configured for port {peer.original_port}"
                 return Decision(_NO_APP, "reject", error=error)
-        if self._replay_key is not None:
-            token = header_value(head.headers, REPLAY_HEADER_LOWER)
-            if token is not None and verify(self._replay_key, token, self._now()) is not None:
-                return Decision(_REPLAY, "pass", dialled)  # a worker's replay: to the app
+        if self._replays is not None and decision.action != "reject":
+            value = header_value(head.headers, REPLAY_HEADER_LOWER)
+            if value is not None:  # a worker's replay: to the app, once proven
+                decision = self._replays.decide(value)
         return decision if dialled is None else replace(decision, dialled=dialled)
 
     async def stream(
@@ -302,31 +317,19 @@ class ProxyHandler:
         body: BodyStream,
         out: ResponseStream,
     ) -> None:
-        """A request passed straight to the app, both bodies streamed."""
+        """A request passed straight to the app, both bodies streamed (a replay's body
+        read whole and proven first)."""
         if decision.target is not None:  # its path normalized (--ambiguous-path normalize)
             head = replace(head, target=decision.target)
         route = decision.route
-        self._route_count(route.name, "pass")
-        self._count("pass", "passed")
-        assert self._pass is not None
         access = self._access
         if access is None or not access.wanted():
-            await self._pass.relay(
-                head, decision.upstream, route.inject_headers, route.timeout_s, peer, body, out
-            )
+            await self._relay(head, decision, peer, body, out)
             return
         ts, started = self._now(), time.perf_counter()
         tap = ResponseTap(out)
         try:
-            await self._pass.relay(
-                head,
-                decision.upstream,
-                route.inject_headers,
-                route.timeout_s,
-                peer,
-                body,
-                ResponseStream(tap),
-            )
+            await self._relay(head, decision, peer, body, ResponseStream(tap))
         finally:
             declared = header_value(head.headers, b"content-length")
             access.add(
@@ -344,6 +347,28 @@ class ProxyHandler:
                     mode="pass",
                 )
             )
+
+    async def _relay(
+        self,
+        head: RequestHead,
+        decision: Decision,
+        peer: Peer,
+        body: BodyStream,
+        out: ResponseStream,
+    ) -> None:
+        if decision.replay is not None:
+            assert self._replays is not None
+            proven = await self._replays.proven(head, decision.replay, body, out)
+            if proven is None:
+                return
+            body = proven
+        route = decision.route
+        self._route_count(route.name, "pass")
+        self._count("pass", "passed")
+        assert self._pass is not None
+        await self._pass.relay(
+            head, decision.upstream, route.inject_headers, route.timeout_s, peer, body, out
+        )
 
     def _reply_mode(self, head: RequestHead, route: Route) -> tuple[str, float, bytes]:
         """(mode, wait seconds, Preference-Applied value) for this request."""

@@ -14,7 +14,9 @@
 
 The correlation id is the request's hqm id written as a UUID, so
 ``/_hqm/requests/{hex}`` reads the same request, and any request's hqm id works here.
-Unknown ids are 404 ``{"detail": "Request not found or expired"}``, as in the original.
+Unknown ids are 404 ``{"detail": "Request not found or expired"}``, as in the original;
+so is a request whose route binds its result to its caller (``result_access =
+"caller"``, hqm.ingress.caller) to anyone else, as on ``/_hqm/requests/{id}``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from hqm.ingress.caller import owns
 from hqm.ingress.openhqm_models import (
     SubmitInvalid,
     app_headers,
@@ -140,7 +143,7 @@ class OpenHqmApi:
             if raw_id and b"/" not in raw_id:
                 if head.method != b"GET":
                     return _detail(405, "Method Not Allowed", (b"Allow", b"GET"))
-                return await answer(raw_id)
+                return await answer(raw_id, head, peer.host)
         return _detail(404, "Not Found")
 
     def _destination(self, endpoint: str | None) -> tuple[str, bytes] | None:
@@ -191,15 +194,17 @@ class OpenHqmApi:
         self._counters["accepted"].inc()
         return _reply(202, submit_answer(str(uuid.UUID(hex=request_id)), submitted_at))
 
-    async def _state(self, request_id: str) -> RequestState | None:
+    async def _state(self, request_id: str, head: RequestHead, client: str) -> RequestState | None:
+        """The state, or None when unknown or another caller's (``client``: the
+        reader's address)."""
         state = await self._queue.state(request_id)
         self._outage.ok()
-        return state
+        return state if state is None or owns(state.owner, head, client) else None
 
-    async def _status(self, raw_id: bytes) -> Reply:
+    async def _status(self, raw_id: bytes, head: RequestHead, client: str) -> Reply:
         request_id = _request_id(raw_id)
         try:
-            state = await self._state(request_id) if request_id else None
+            state = await self._state(request_id, head, client) if request_id else None
         except QueueError as exc:
             self._outage.failed("read", exc)
             return _detail(503, "Queue unavailable. Try again later.", _RETRY_AFTER)
@@ -213,12 +218,12 @@ class OpenHqmApi:
         )  # fmt: skip
         return _reply(200, answer)
 
-    async def _response(self, raw_id: bytes) -> Reply:
+    async def _response(self, raw_id: bytes, head: RequestHead, client: str) -> Reply:
         request_id = _request_id(raw_id)
         correlation_id = raw_id.decode("latin-1")
         result = None
         try:
-            state = await self._state(request_id) if request_id else None
+            state = await self._state(request_id, head, client) if request_id else None
             status = STATUS_NAMES.get(state.status, "PENDING") if state else ""
             if request_id and state is not None and status in ("COMPLETED", "FAILED"):
                 result = await self._queue.fetch_result(request_id)

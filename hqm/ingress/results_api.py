@@ -8,6 +8,9 @@
 - DELETE: cancels a request no worker has taken yet: 200 ``{id, status: "cancelled"}``;
   409 once it is processing or finished, saying which; 404 unknown.
 - 503 when the queue cannot be read; 405 (with ``Allow``) for other methods.
+- A request whose route has ``result_access = "caller"`` is known only to its
+  submitter (the same credentials, hqm.ingress.caller): anyone else gets the 404 of
+  an unknown id, for GET, HEAD and DELETE alike (nothing is cancelled).
 
 Also the pieces the proxy's handler answers with: JSON replies, stored responses, the
 log of queue failures.
@@ -23,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
+from hqm.ingress.caller import owns
 from hqm.io.http_server import Reply
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.headers import result_response_headers
@@ -36,6 +40,7 @@ _ID_RE = re.compile(rb"[0-9a-f]{32}")
 JSON = (b"Content-Type", b"application/json")
 RETRY_AFTER = (b"Retry-After", str(RETRY_AFTER_S).encode())
 UNAVAILABLE = {"error": "queue unavailable", "retry_after": RETRY_AFTER_S}
+FULL = {"error": "queue full", "retry_after": RETRY_AFTER_S}
 _PENDING = frozenset({Status.QUEUED, Status.DELAYED, Status.PROCESSING, Status.RETRYING})
 _STORED = frozenset({Status.DONE, Status.DEAD})
 _METHODS = (b"GET", b"HEAD", b"DELETE")
@@ -118,7 +123,8 @@ class ResultsApi:
         self._now = wall_clock
         self._trouble = Trouble("results read")
 
-    async def __call__(self, head: RequestHead) -> Reply:
+    async def __call__(self, head: RequestHead, client: str) -> Reply:
+        """``client``: the reader's address (a route's caller may be its address)."""
         path = head.target.split(b"?", 1)[0]
         if not path.startswith(REQUESTS_PATH):
             return json_reply(404, {"error": "no such hqm endpoint"})
@@ -131,6 +137,8 @@ class ResultsApi:
         outcome, result = None, None
         try:
             queue, state = await self._locate(rid)
+            if state is not None and not owns(state.owner, head, client):
+                queue, state = None, None  # another caller's: as if unknown
             if head.method == b"DELETE":
                 outcome = CancelOutcome.UNKNOWN if queue is None else await queue.cancel(rid)
             stored = state is not None and state.status in _STORED

@@ -35,9 +35,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hqm.ingress.caller import DEFAULT_SCOPE, CallerScope
 from hqm.proto.envelope import Headers
 from hqm.proto.events import RequestHead
 from hqm.proto.headers import header_value
+from hqm.proto.replay_token import Token
 from hqm.proto.target import Target, TargetError, normalize_host, parse_target, plain_path
 
 ACTIONS = ("queue", "pass", "reject")
@@ -121,6 +123,10 @@ class Route:
     #: Added to the request on its way to the app (already ${ENV}-expanded). Secret:
     #: shown only as "<redacted>".
     inject_headers: tuple[tuple[bytes, bytes], ...] = ()
+    #: Who the caller is (hqm.ingress.caller): an Idempotency-Key is that caller's.
+    caller: CallerScope = DEFAULT_SCOPE
+    #: "id": the id reads the result; "caller": only with the submitter's credentials.
+    result_access: str = "id"
 
     def matches(self, view: View) -> bool:
         if self.methods and view.method not in self.methods:
@@ -169,6 +175,9 @@ class Decision:
     #: The request-target to act on when not the one sent: the normalized one
     #: (--ambiguous-path normalize), or for hqm's own API the canonical origin form.
     target: bytes | None = None
+    #: A worker's replay (HQM-Replay, its time checked): passed once its MAC holds for
+    #: the whole request, body included, and it was not spent before.
+    replay: Token | None = None
 
     @property
     def stream(self) -> bool:

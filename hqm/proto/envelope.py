@@ -25,7 +25,7 @@ byte 0-255 to one code point and back, so any header h11 accepts round-trips.
 Optional head keys are written only when set and read with their default, so records
 with and without them decode on either side of an upgrade (still version 1):
 ``request_method`` of a response; ``timeout_s``, ``max_attempts``, ``not_before``,
-``route`` and ``trace_id`` of a request.
+``route``, ``trace_id`` and ``owner`` of a request.
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ class RequestRecord:
     #: The W3C trace id of its ``traceparent`` ("" when none or invalid): for the logs
     #: only (the header itself travels with the others, untouched).
     trace_id: str = ""
+    #: Who may read its result ("": whoever has the id): the submitter's scope and
+    #: credential digest (hqm.ingress.caller.owner), never the credential itself.
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,7 @@ def encode_request(record: RequestRecord) -> bytes:
         ("not_before", record.not_before),
         ("route", record.route),
         ("trace_id", record.trace_id),
+        ("owner", record.owner),
     ):
         if value:
             head[key] = value
@@ -210,6 +214,7 @@ def decode_request(data: bytes) -> RequestRecord:
             not_before=float(_optional(head, "not_before", (int, float), 0.0)),
             route=_optional(head, "route", str, ""),
             trace_id=_optional(head, "trace_id", str, ""),
+            owner=_optional(head, "owner", str, ""),
         )
     except (KeyError, UnicodeEncodeError) as exc:
         raise EnvelopeError(f"malformed request record: {exc!r}") from None

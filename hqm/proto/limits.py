@@ -72,6 +72,11 @@ RESULT_TTL_S = 24 * 3600
 IDEMPOTENCY_TTL_S = 24 * 3600.0
 #: Longest Idempotency-Key, in characters: 255, as Stripe's (a UUID has 36).
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+#: Spent replay tokens the embedded queue remembers at once (each until it expires,
+#: hqm.proto.replay_token.REMEMBER_S): about 100 bytes each, 10 MB at most. That is a
+#: sustained 300 replays/s through one proxy; beyond it a replay gets 503 (the worker
+#: retries it later with a new token) rather than a token being forgotten while valid.
+MAX_SPENT_TOKENS = 100_000
 #: Furthest HQM-Delay / HQM-Not-Before: 30 days, Google Cloud Tasks' bound on a task's
 #: schedule time. A scheduled request waits in Redis memory; further out a scheduler
 #: is the better tool, and a typo ("3600000") is refused instead of kept for months.

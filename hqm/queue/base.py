@@ -65,6 +65,8 @@ class RequestState:
     updated_at: float = 0.0
     #: Epoch seconds a delayed request, or a retry, is due (0.0 when neither).
     not_before: float = 0.0
+    #: Who may read it ("": whoever has the id): ``RequestRecord.owner``.
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +165,12 @@ class Queue(abc.ABC):
 
         Never stranded by a lost notification: implementations also poll.
         """
+
+    @abc.abstractmethod
+    async def spend(self, token: str, ttl_s: float) -> bool:
+        """Remember the single-use ``token`` (a digest naming it, e.g. a replay token's
+        ``spent_id``) for ``ttl_s``: True the first time, False while it is remembered.
+        QueueFull when it cannot be remembered (nothing is then to be let through)."""
 
     # --- worker side --------------------------------------------------------
     @abc.abstractmethod

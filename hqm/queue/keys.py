@@ -63,6 +63,11 @@ class QueueKeys:
         """A short-lived key the proxy's /readyz writes to learn that Redis takes writes."""
         return f"{self.prefix}probe"
 
+    def spent(self, token: str) -> str:
+        """A spent single-use token (an HQM-Replay's digest, never the token), kept
+        until the token would have expired."""
+        return f"{self.prefix}spent:{token}"
+
     def reply_channel(self, instance: str) -> str:
         """Pub/sub channel on which workers notify one proxy instance."""
         return f"{self.prefix}reply:{instance}"

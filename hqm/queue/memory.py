@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hqm.proto.envelope import RequestRecord, ResponseRecord, error_response
-from hqm.proto.limits import RESULT_TTL_S
+from hqm.proto.limits import MAX_SPENT_TOKENS, RESULT_TTL_S
 from hqm.queue.base import (
     CancelOutcome,
     DeadLetter,
@@ -74,6 +74,8 @@ class MemoryQueue(Queue):
         self._dlq: OrderedDict[tuple[int, int], DeadLetter] = OrderedDict()
         self._dlq_ids = EntryIds()
         self._waiters: dict[str, list[asyncio.Future[ResponseRecord]]] = {}
+        #: Spent single-use tokens, with their expiry (bounded: MAX_SPENT_TOKENS).
+        self._spent: OrderedDict[str, float] = OrderedDict()
         self._arrived = asyncio.Event()
 
     @property
@@ -148,6 +150,7 @@ class MemoryQueue(Queue):
             submitted_at=record.received_at,
             updated_at=now,
             not_before=not_before,
+            owner=record.owner,
         )
         # (kept until due, then for the TTL: a delayed request's state outlives its wait)
         self._states[record.id] = (state, now + self._ttl + max(0.0, not_before - now))
@@ -199,6 +202,20 @@ class MemoryQueue(Queue):
                     waiters.remove(future)
                 if not waiters:
                     del self._waiters[request_id]
+
+    async def spend(self, token: str, ttl_s: float) -> bool:
+        now = self._now()
+        spent = self._spent
+        # (one TTL for all: insertion order is expiry order, the expired are in front)
+        while spent and next(iter(spent.values())) <= now:
+            spent.popitem(last=False)
+        expiry = spent.get(token)
+        if expiry is not None and expiry > now:
+            return False
+        if len(spent) >= MAX_SPENT_TOKENS:
+            raise QueueFull(f"{MAX_SPENT_TOKENS} spent tokens remembered (replays too fast)")
+        spent[token] = now + ttl_s
+        return True
 
     # --- worker side --------------------------------------------------------
     async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:

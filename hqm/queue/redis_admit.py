@@ -146,6 +146,7 @@ async def cancel(
             stored.state.error,
             submitted=stored.state.submitted_at,
             updated=now(),
+            owner=stored.state.owner,
         )
         call_keys, args = CANCEL.bind(
             stream=keys.stream,
@@ -164,3 +165,10 @@ async def cancel(
         if reply == "busy":
             return CancelOutcome.BUSY
     return CancelOutcome.BUSY
+
+
+async def spend(redis: Any, keys: QueueKeys, token: str, ttl_s: float) -> bool:
+    """``Queue.spend``: SET NX PX, so two proxies racing with one token pass one."""
+    with errors("spend"):
+        ttl_ms = max(1, math.ceil(ttl_s * 1000))
+        return bool(await redis.set(keys.spent(token), b"1", nx=True, px=ttl_ms))

@@ -2,8 +2,9 @@
 
 The fields of request stream entries (``r`` the encoded request, ``a`` the attempt,
 ``i`` the request id), the state JSON (``{"s": status, "a": attempts, "e": error, "c":
-submitted at, "u": updated at, "d": due at, "x": stream entry}``, written by
-``encode_state`` only; "c" to "x" optional, so older states still read), stored results, the members of the delayed-retry
+submitted at, "u": updated at, "d": due at, "o": owner, "x": stream entry}``, written by
+``encode_state`` only; "c" to "x" optional, so older states still read; "o" only for a
+request bound to its caller), stored results, the members of the delayed-retry
 sorted set, the items of the ``finish`` script; and how a Redis failure reaches the
 callers: as ``QueueUnavailable`` (perhaps stored), or, for an enqueue Redis refused
 before storing any of it, ``QueueRefused`` (hqm.queue.redis_refusals).
@@ -123,16 +124,20 @@ def encode_state(
     submitted: float = 0.0,
     updated: float = 0.0,
     due: str = "",
+    owner: str = "",
     entry_slot: bool = False,
 ) -> bytes:
-    """``due``: the delayed set's score as written (``score``); ``entry_slot``: the
-    request enters the stream, and the script fills in its entry id (ENTRY_SLOT)."""
+    """``due``: the delayed set's score as written (``score``); ``owner``: who may read
+    it (``RequestRecord.owner``); ``entry_slot``: the request enters the stream, and the
+    script fills in its entry id (ENTRY_SLOT)."""
     state: dict[str, Any] = {"s": status.value, "a": attempts}
     if error is not None:
         state["e"] = error
     state["c"], state["u"] = submitted, updated
     if due:
         state["d"] = due
+    if owner:
+        state["o"] = owner
     if entry_slot:
         state["x"] = ""
     raw = orjson.dumps(state)
@@ -151,9 +156,15 @@ def record_state(
     entry_slot: bool = False,
 ) -> bytes:
     """The state of ``record``'s request, changed at ``now``."""
-    submitted = record.received_at
     return encode_state(
-        status, attempts, error, submitted=submitted, updated=now, due=due, entry_slot=entry_slot
+        status,
+        attempts,
+        error,
+        submitted=record.received_at,
+        updated=now,
+        due=due,
+        owner=record.owner,
+        entry_slot=entry_slot,
     )
 
 
@@ -217,8 +228,8 @@ def decode_stored(raw: bytes, request_id: str) -> StoredState | None:
             raise ValueError("attempts")
         if error is not None and not isinstance(error, str):
             raise ValueError("error")
-        entry, due = state.get("x", ""), state.get("d", "")
-        if not (isinstance(entry, str) and isinstance(due, str)):
+        entry, due, owner = state.get("x", ""), state.get("d", ""), state.get("o", "")
+        if not (isinstance(entry, str) and isinstance(due, str) and isinstance(owner, str)):
             raise ValueError("entry")
         reported = RequestState(
             status,
@@ -227,6 +238,7 @@ def decode_stored(raw: bytes, request_id: str) -> StoredState | None:
             submitted_at=_stamp(state.get("c", 0.0)),
             updated_at=_stamp(state.get("u", 0.0)),
             not_before=_stamp(float(due)) if due else 0.0,
+            owner=owner,
         )
         return StoredState(state=reported, entry=entry, due=due)
     except Exception:  # not JSON, not an object, wrong types: unknown
@@ -338,13 +350,16 @@ def dead_item(
     result: bytes | None = None,
     reply_to: str = "",
     submitted: float = 0.0,
+    owner: str = "",
 ) -> Item:
     """Op ``dead`` for a stream entry: the letter; with a request id, its state and
     result (``result`` None: the 502 record; b"": none, fire mode); with ``reply_to``,
     the notification of its waiting proxy."""
     state = b""
     if request_id:
-        state = encode_state(Status.DEAD, attempts, error, submitted=submitted, updated=now)
+        state = encode_state(
+            Status.DEAD, attempts, error, submitted=submitted, updated=now, owner=owner
+        )
         result = dead_result(error, attempts, now) if result is None else result
     message = notification(request_id, result or b"") if reply_to else b""
     stamp = repr(float(now))

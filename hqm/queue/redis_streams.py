@@ -11,9 +11,8 @@ one script call, and so do a worker's outcomes (complete, retry_later, dead_lett
 together with its next non-blocking claim; XREADGROUP BLOCK only runs when no backlog
 is left. Wait mode: see hqm.queue.redis_wait.
 
-Every Redis failure surfaces as ``QueueUnavailable``, an enqueue Redis refused as
-``QueueRefused`` (hqm.queue.redis_refusals); redis-py reconnects on the next command,
-so the same object recovers when Redis comes back.
+Redis failures surface as ``QueueUnavailable``, refused enqueues as ``QueueRefused``
+(hqm.queue.redis_refusals); redis-py reconnects, so the same object recovers.
 
 Poison: whatever a stream entry or a delayed member holds, it is decoded defensively
 (hqm.queue.redis_codec) before anything that can raise; one that does not decode is
@@ -22,11 +21,9 @@ retry: ...``) in the same call that removes it, so no content makes a worker exi
 loop. A corrupt letter is listed by ``dead_letters`` with an empty placeholder record
 (id "", the raw bytes as body) and cannot be replayed.
 
-Also part of it: hqm.queue.redis_codec (what is stored, the error mapping),
-hqm.queue.redis_group (the consumer group), hqm.queue.redis_dlq (the dead-letter
-stream), hqm.queue.redis_lua (the scripts; hqm.queue.redis_scripts calls them),
-hqm.queue.redis_admit (enqueue items, Idempotency-Keys, delays, cancel),
-hqm.queue.redis_conn (the connections).
+Also part of it, in hqm.queue: redis_codec (what is stored, the error mapping),
+redis_group (the consumer group), redis_dlq (dead letters), redis_lua (the scripts;
+redis_scripts calls them), redis_admit (enqueues, keys, delays, cancel), redis_conn.
 """
 
 from __future__ import annotations
@@ -57,7 +54,7 @@ from hqm.queue.base import (
 )
 from hqm.queue.batch import Batcher
 from hqm.queue.keys import GROUP, QueueKeys
-from hqm.queue.redis_admit import EnqueueItem, cancel, enqueue_item, enqueued, read_state
+from hqm.queue.redis_admit import EnqueueItem, cancel, enqueue_item, enqueued, read_state, spend
 from hqm.queue.redis_codec import (
     Item,
     dead_item,
@@ -222,6 +219,9 @@ class RedisQueue(Queue):
         """Notified with the result itself (``hqm.queue.redis_wait``); polls as well."""
         return await self._replies.wait(request_id, timeout_s)
 
+    async def spend(self, token: str, ttl_s: float) -> bool:
+        return await spend(self._redis, self.keys, token, ttl_s)
+
     # --- worker side --------------------------------------------------------
     async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:
         """While there is a backlog: non-blocking, in the same script call as the
@@ -330,8 +330,8 @@ class RedisQueue(Queue):
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
         record, now = delivery.record, self._now()
         result = b"" if record.mode == "fire" else dead_result(error, attempts, now)
-        raw, about = encode_request(record), (record.id, result, record.reply_to)
-        item = dead_item(delivery.entry_id, raw, error, attempts, now, *about, record.received_at)
+        about = (record.id, result, record.reply_to, record.received_at, record.owner)
+        item = dead_item(delivery.entry_id, encode_request(record), error, attempts, now, *about)
         await self._outcomes.submit(item)
 
     async def _finish(self, batch: list[Item], *, own: bool = True) -> list[Any]:

@@ -19,8 +19,6 @@ from hqm.proto.headers import (
     upstream_request_headers,
     with_injected,
 )
-from hqm.proto.replay_token import HEADER as REPLAY_HEADER
-from hqm.proto.replay_token import sign
 from hqm.queue.base import Delivery, Queue, QueueError
 from hqm.worker.claims import Claimed, Claimer, Lane
 from hqm.worker.fleet import FleetGate
@@ -34,7 +32,7 @@ from hqm.worker.retry import (
     may_retry,
     parse_retry_after,
 )
-from hqm.worker.sender import Sender
+from hqm.worker.sender import Sender, replay_stamp
 from hqm.worker.settings import WorkerSettings
 from hqm.worker.slots import Seat, Slots
 from hqm.worker.upstream import UpstreamError, UpstreamPool
@@ -328,10 +326,10 @@ class Worker:
         )
         if record.route:
             headers = with_injected(headers, self._settings.route_headers.get(record.route, ()))
-        if self._settings.replay_key is not None:  # a transparent proxy passes it on
-            headers.append((REPLAY_HEADER, sign(self._settings.replay_key, record.id, self._now())))
+        key = self._settings.replay_key  # (a transparent proxy passes a signed replay on)
+        stamp = None if key is None else replay_stamp(key, record, self._now)
         try:
-            response = await sender.send(delivery, headers, seat=seat, queue=lane.name)
+            response = await sender.send(delivery, headers, seat=seat, queue=lane.name, stamp=stamp)
         except UpstreamError as exc:
             seat.release()
             failure = Failure(str(exc), reached=exc.reached, permanent=exc.permanent)

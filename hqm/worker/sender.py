@@ -13,7 +13,9 @@ from collections.abc import Callable
 from prometheus_client import Histogram
 
 from hqm.ops.metrics import WorkerMetrics
-from hqm.proto.envelope import ResponseRecord
+from hqm.proto.envelope import RequestRecord, ResponseRecord
+from hqm.proto.replay_token import HEADER as REPLAY_HEADER
+from hqm.proto.replay_token import sign
 from hqm.queue.base import Delivery
 from hqm.worker.breaker import Breaker, State
 from hqm.worker.fleet import FleetGate
@@ -22,6 +24,19 @@ from hqm.worker.slots import Seat
 from hqm.worker.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("hqm.worker.loop")
+
+
+def replay_stamp(
+    key: bytes, record: RequestRecord, clock: Callable[[], float]
+) -> Callable[[], tuple[bytes, bytes]]:
+    """An HQM-Replay header minted anew for each write of ``record`` (bound to it; a
+    proxy spends each once)."""
+
+    def stamp() -> tuple[bytes, bytes]:
+        request = {"method": record.method, "target": record.target, "body": record.body}
+        return REPLAY_HEADER, sign(key, record.id, clock(), **request)
+
+    return stamp
 
 
 class Sender:
@@ -62,7 +77,13 @@ class Sender:
         self._changed.set()
 
     async def send(
-        self, delivery: Delivery, headers: list[tuple[bytes, bytes]], *, seat: Seat, queue: str
+        self,
+        delivery: Delivery,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        seat: Seat,
+        queue: str,
+        stamp: Callable[[], tuple[bytes, bytes]] | None = None,
     ) -> ResponseRecord | None:
         """Send until the app is reached; None when stopped first.
 
@@ -70,7 +91,7 @@ class Sender:
         delivery waits for the breaker (its claim renewed with the others, its slot
         given back: parked) and goes again, until --max-retry-duration has passed
         since its first such failure. The record's ``timeout_s`` (when > 0) replaces
-        --read-timeout.
+        --read-timeout. ``stamp``: a header minted for each write (UpstreamPool.request).
         """
         record = delivery.record
         read_timeout_s = record.timeout_s if record.timeout_s > 0 else None
@@ -98,6 +119,7 @@ class Sender:
                         headers,
                         record.body,
                         read_timeout_s=read_timeout_s,
+                        stamp=stamp,
                     )
                 except UpstreamError as exc:
                     self._observe(queue, "error", time.perf_counter() - started)

@@ -219,14 +219,19 @@ class UpstreamPool:
         body: bytes,
         *,
         read_timeout_s: float | None = None,
+        stamp: Callable[[], tuple[bytes, bytes]] | None = None,
     ) -> ResponseRecord:
-        """``read_timeout_s``: this request's own limit (None: the pool's)."""
+        """``read_timeout_s``: this request's own limit (None: the pool's). ``stamp``: a
+        header minted anew for each time the request is written (a replay token is
+        spent by the first proxy that reads it, so a resend needs a fresh one)."""
         timeout_s = read_timeout_s or self._settings.read_timeout_s
         conn = self._checkout()
         if conn is not None:
             sent_at = self._clock()
             try:
-                return await self._exchange(conn, method, target, headers, body, timeout_s)
+                return await self._exchange(
+                    conn, method, target, _stamped(headers, stamp), body, timeout_s
+                )
             except _StaleConnection:
                 if self._clock() - sent_at > L.STALE_WINDOW_S:
                     # closed long after the request went: the app had it (it crashed
@@ -237,7 +242,9 @@ class UpstreamPool:
                 self.stale_retries += 1  # the app never took it: send it again
         conn = await self._connect()
         try:
-            return await self._exchange(conn, method, target, headers, body, timeout_s)
+            return await self._exchange(
+                conn, method, target, _stamped(headers, stamp), body, timeout_s
+            )
         except _StaleConnection:
             raise UpstreamError(
                 "the app closed the connection without answering", reached=True
@@ -296,6 +303,12 @@ class UpstreamPool:
         for conn, _, _ in self._idle:
             conn.close()
         self._idle.clear()
+
+
+def _stamped(
+    headers: list[tuple[bytes, bytes]], stamp: Callable[[], tuple[bytes, bytes]] | None
+) -> list[tuple[bytes, bytes]]:
+    return headers if stamp is None else [*headers, stamp()]
 
 
 class _StaleConnection(Exception):
