@@ -84,6 +84,7 @@ def explain(table: RouteTable, head: RequestHead, client: str, proxy: dict[str, 
         return out
     if route.action == "queue":
         out.update(queue=route.queue, mode=mode)
+        out.update(caller=str(route.caller), result_access=route.result_access)
         if mode == "wait":
             out["wait"] = route.wait_s if route.wait_s is not None else proxy["wait"]
         if route.percent < 100.0:
@@ -128,6 +129,8 @@ def _text(result: dict) -> str:
     if "queue" in result:
         wait = f", wait {result['wait']:g} s" if "wait" in result else ""
         lines.append(f"queue     {result['queue']} (mode {result['mode']}{wait})")
+        reader = "its caller only" if result["result_access"] == "caller" else "anyone with the id"
+        lines.append(f"caller    {result['caller']} (keys are its own; result: {reader})")
     lines.append(f"upstream  {result['upstream']}")
     if "timeout" in result or "max_attempts" in result:
         limits = [f"timeout {result['timeout']:g} s"] if "timeout" in result else []
