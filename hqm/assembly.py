@@ -15,6 +15,7 @@ from hqm.ingress.handler import ProxyHandler, new_request_id
 from hqm.ingress.passthrough import PassThrough
 from hqm.ingress.settings import ProxySettings
 from hqm.io.address import Address
+from hqm.io.budget import ByteBudget
 from hqm.io.clock import Clock
 from hqm.io.fdlimit import connection_limit, raise_nofile
 from hqm.io.http_server import ConnectionTracker, Routing, serve
@@ -72,10 +73,18 @@ class ListenError(StartError):
 
 
 async def open_queue(
-    redis_url: str | None, name: str, *, max_depth: int, result_ttl_s: float
+    redis_url: str | None,
+    name: str,
+    *,
+    max_depth: int,
+    result_ttl_s: float,
+    max_bytes: int = 0,
 ) -> Queue:
+    """``max_bytes``: the embedded queue's bound (--max-queue-bytes; Redis: none here)."""
     if not redis_url:
-        return MemoryQueue(name, max_depth=max_depth, result_ttl_s=result_ttl_s)
+        return MemoryQueue(
+            name, max_depth=max_depth, result_ttl_s=result_ttl_s, max_bytes=max_bytes
+        )
     from hqm.queue.redis_streams import RedisQueue
 
     try:
@@ -213,7 +222,10 @@ async def run_proxy(
         settings.queue,
         max_depth=settings.max_depth,
         result_ttl_s=settings.result_ttl_s,
+        max_bytes=settings.max_queue_bytes,
     )
+    # One budget of response bytes for the process: its readers and its embedded worker.
+    budget = ByteBudget(settings.max_inflight_bytes)
     # Every queue a route names; embedded, all are the one in-process queue (Redis only).
     queues = {settings.queue: queue}
     for name in sorted({route.queue for route in settings.routes.routes} - set(queues)):
@@ -253,6 +265,7 @@ async def run_proxy(
             fleet=_fleet(embedded, None, settings.queue, worker_metrics),
             metrics=worker_metrics,
             access_log=access_log,
+            budget=budget,
         )
         worker_task = asyncio.get_running_loop().create_task(worker.run())
     max_connections = connection_limit(raise_nofile(), configured=settings.max_connections)
@@ -277,6 +290,7 @@ async def run_proxy(
         settings=settings,
         metrics=metrics,
         access_log=access_log,
+        budget=budget,
     )
     server = await _listen(
         "--listen",
@@ -353,6 +367,7 @@ async def run_worker(
         weights=run.queues.weights,
         fleet=fleet,
         access_log=access_log,
+        budget=ByteBudget(run.worker.max_inflight_bytes),
     )
 
     async def ready() -> bool:

@@ -23,14 +23,15 @@ from hqm.ingress.openhqm_api import OpenHqmApi
 from hqm.ingress.passthrough import PassThrough
 from hqm.ingress.results_api import API_PREFIX as _API_PREFIX
 from hqm.ingress.results_api import JSON as _JSON
-from hqm.ingress.results_api import REQUESTS_PATH, ResultsApi, record_reply
+from hqm.ingress.results_api import REQUESTS_PATH, ResultsApi
 from hqm.ingress.results_api import RETRY_AFTER as _RETRY_AFTER
 from hqm.ingress.results_api import UNAVAILABLE as _UNAVAILABLE
 from hqm.ingress.results_api import Trouble as _Trouble
 from hqm.ingress.results_api import json_reply as _json_reply
 from hqm.ingress.routes import Decision, Route
 from hqm.ingress.settings import ProxySettings
-from hqm.io.http_server import Peer, Reply
+from hqm.io.budget import ByteBudget
+from hqm.io.http_server import Peer, Reply, StreamedReply
 from hqm.io.streams import BodyStream, ResponseStream
 from hqm.ops.access_log import AccessLog, ResponseTap, proxy_entry, request_id_of
 from hqm.ops.metrics import ProxyMetrics
@@ -73,6 +74,7 @@ class ProxyHandler:
         queues: Mapping[str, Queue] | None = None,
         passthrough: PassThrough | None = None,
         access_log: AccessLog | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         #: --access-log: ``logged`` is then the server's handler (None: off).
         self._access = access_log if access_log is not None and access_log.enabled else None
@@ -94,7 +96,11 @@ class ProxyHandler:
         self._route_counters: dict[tuple[str, str], Any] = {}
         self._enqueue_trouble = _Trouble("enqueue")
         self._wait_trouble = _Trouble("wait")
-        self._results = ResultsApi(queues=[queue, *self._queues.values()], wall_clock=wall_clock)
+        #: --max-inflight-bytes: results read and wait-mode answers (``hqm.io.budget``).
+        budget = budget or ByteBudget(settings.max_inflight_bytes)
+        self._results = ResultsApi(
+            queues=[queue, *self._queues.values()], budget=budget, wall_clock=wall_clock
+        )
         #: The original OpenHQM's API on /api/v1/ (--openhqm-api), None when off.
         self._openhqm = (
             OpenHqmApi(queue=queue, settings=settings, metrics=metrics, wall_clock=wall_clock)
@@ -115,6 +121,8 @@ class ProxyHandler:
         try:
             reply = await self(head, body, peer, decision, note)
             status, bytes_out = reply.status, len(reply.body)
+            if isinstance(reply, StreamedReply):
+                bytes_out = reply.size
             request_id = note.get("id") or request_id_of(reply.headers)
             return reply
         finally:
@@ -220,7 +228,7 @@ class ProxyHandler:
             note["id"] = request_id
         if mode == "wait":
             try:
-                result = await queue.wait_result(request_id, wait_s)
+                result = await queue.wait_stored(request_id, wait_s)
             except QueueError as exc:
                 self._wait_trouble.failed(exc)
                 result = None  # the request is safely queued: answer as async
@@ -228,11 +236,14 @@ class ProxyHandler:
                 if self._wait_trouble.failing:
                     self._wait_trouble.recovered()
             if result is not None:
-                self._count(mode, "answered")
                 extra = [(b"Preference-Applied", applied)] if applied else []
-                return record_reply(
+                reply = self._results.reply(
                     request_id, result, *extra, method=head.method, answered=head.method
                 )
+                if isinstance(reply, StreamedReply):
+                    self._count(mode, "answered")
+                    return reply
+                # No budget for it now: the async answer; the result waits, stored.
             mode, applied = "async", b""
         self._count(mode, "accepted")
         return self._accepted(request_id, mode, applied)

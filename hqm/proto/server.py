@@ -249,10 +249,8 @@ class ServerConnection:
         never sent).
         """
         head = self.request_method == b"HEAD"
-        no_body_status = status in NO_BODY_STATUSES or status < 200
-        if not no_body_status and (frame_from_body or not head):
-            headers = with_content_length(headers, len(body))
-        bodyless = head or no_body_status
+        headers = self.framed(status, headers, len(body), frame_from_body=frame_from_body)
+        bodyless = head or status in NO_BODY_STATUSES or status < 200
         if reason is None:
             reason = reason_phrase(status)
         if self._request_read():
@@ -278,6 +276,22 @@ class ServerConnection:
             self._out.append(raw_error(502, f"bad upstream response: {exc}", head=head))
             return
         self._next_cycle()
+
+    def framed(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        size: int,
+        *,
+        frame_from_body: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """``headers`` with the Content-Length of a body of ``size`` bytes, where the
+        answer has one (``send_response`` says when: also for an answer streamed in
+        pieces that is framed as a whole one)."""
+        head = self.request_method == b"HEAD"
+        if status in NO_BODY_STATUSES or status < 200 or not (frame_from_body or not head):
+            return headers
+        return with_content_length(headers, size)
 
     def _request_read(self) -> bool:
         """The whole request is read and no byte of its answer is written yet."""
