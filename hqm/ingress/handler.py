@@ -103,7 +103,13 @@ class ProxyHandler:
         )
         #: The original OpenHQM's API on /api/v1/ (--openhqm-api), None when off.
         self._openhqm = (
-            OpenHqmApi(queue=queue, settings=settings, metrics=metrics, wall_clock=wall_clock)
+            OpenHqmApi(
+                queue=queue,
+                settings=settings,
+                metrics=metrics,
+                budget=budget,
+                wall_clock=wall_clock,
+            )
             if settings.openhqm_api
             else None
         )

@@ -181,7 +181,7 @@ class FastResponseReader:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        body = self._body
+        body, self._body = self._body, []  # (its reads are let go once joined)
         self.record = ResponseRecord(
             status=self._status,
             reason=self._reason,
