@@ -42,6 +42,15 @@ def start_big_app(size: int) -> c.Proc:
     return proc
 
 
+def redis_and_app(size: int, procs: list) -> tuple[str, c.Proc]:
+    """A fresh redis-server and the app answering ``size`` bytes (added to ``procs``)."""
+    redis, url = c.start_redis(c.LOAD_CORE)
+    procs.append(redis)
+    app = start_big_app(size)
+    procs.append(app)
+    return url, app
+
+
 def post(port: int, path: str = "/big") -> str:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"x", method="POST")
     with urllib.request.urlopen(req, timeout=30) as r:
@@ -95,11 +104,9 @@ def _fields(head: bytes):
 
 def readers(size: int, budget: int | None, source: Path | None) -> dict:
     """8 clients reading one result of ``size`` bytes at once, proxy with Redis."""
-    procs = []
+    procs: list[c.Proc] = []
     try:
-        redis, url = c.start_redis(c.LOAD_CORE)
-        app = start_big_app(size)
-        procs += [redis, app]
+        url, app = redis_and_app(size, procs)
         extra = ["--max-inflight-bytes", str(budget)] if budget else []
         proxy = c.start_proxy(c.SERVER_CORE, app.port, url, *extra, source=source)
         procs.append(proxy)
@@ -134,11 +141,9 @@ def readers(size: int, budget: int | None, source: Path | None) -> dict:
 
 def receiving(size: int, budget: int | None, source: Path | None) -> dict:
     """A worker with --concurrency 16 and 64 requests answered with ``size`` bytes."""
-    procs = []
+    procs: list[c.Proc] = []
     try:
-        redis, url = c.start_redis(c.LOAD_CORE)
-        app = start_big_app(size)
-        procs += [redis, app]
+        url, app = redis_and_app(size, procs)
         proxy = c.start_proxy(c.LOAD_CORE, app.port, url, source=source)
         procs.append(proxy)
         extra = ["--max-response", str(size)] if source is None else []

@@ -28,8 +28,9 @@ import h11
 from hqm.io.budget import ByteBudget
 from hqm.proto.envelope import RequestRecord, ResponseRecord
 from hqm.queue.base import Delivery
+from hqm.queue.keys import QueueKeys
 from hqm.queue.memory import MemoryQueue, held_bytes
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_server import RedisServer, command, redis_server
 from tests.support import (
     Answer,
     Backend,
@@ -81,6 +82,7 @@ class SlowReader:
         self.first = self.sock.recv(1 << 12)
         self.go = go
         self.status = 0
+        self.broken = False  # the connection ended before the answer did
         self.headers: dict[bytes, bytes] = {}
         self.size = 0
         self.digest = hashlib.sha256()
@@ -97,7 +99,11 @@ class SlowReader:
             while True:
                 event = client.next_event()
                 if event is h11.NEED_DATA:
-                    client.receive_data(self.sock.recv(1 << 16))
+                    data = self.sock.recv(1 << 16)
+                    if not data:
+                        self.broken = True
+                        return
+                    client.receive_data(data)
                 elif isinstance(event, h11.Response):
                     self.status = event.status_code
                     self.headers = {k.lower(): v for k, v in event.headers.raw_items()}
@@ -248,6 +254,31 @@ def test_past_the_budget_a_reader_gets_503_retry_after_and_a_waiting_client_its_
         app.close()
 
 
+def test_a_result_that_goes_away_mid_read_cuts_the_connection_never_the_body(
+    redis_server: RedisServer,
+) -> None:
+    big = body_of(16 * MIB)
+    app = Backend(lambda seen: Answer(200, [], big))
+    url = redis_server.url
+    hqm = proxy(app.address, "--redis", url)
+    work = worker(url, app.address, "--max-response", str(len(big)))
+    try:
+        rid = submit(hqm.port)
+        assert poll_result(hqm.port, rid).status == 200
+        go = threading.Event()
+        reader = SlowReader(hqm.port, b"/_hqm/requests/" + rid.encode(), go)
+        # Expired (or replaced by a replayed dead letter) while the client reads.
+        assert command(redis_server.port, "DEL", QueueKeys("default").result(rid)) == b":1\r\n"
+        go.set()
+        reader.join()
+    finally:
+        work.terminate()
+        hqm.terminate()
+        app.close()
+    assert reader.status == 200 and reader.broken and reader.size < len(big)
+    assert int(reader.headers[b"content-length"]) == len(big)
+
+
 def test_a_client_that_leaves_mid_answer_gives_its_budget_back() -> None:
     big = body_of(16 * MIB)
     app = Backend(lambda seen: Answer(200, [], big))
@@ -338,3 +369,29 @@ def test_the_oldest_answer_always_goes_on_and_others_wait_for_bytes_back() -> No
     first.release()
     assert woken == ["second"] and not second.blocked and budget.used == 60
     assert not budget.try_take(41) and budget.try_take(40) and budget.refused == 1
+    # Readers filling the budget slow the answers (all but the oldest wait for bytes
+    # back) but never make the worker stop claiming.
+    third = budget.hold()
+    third.charge(1)
+    assert budget.over and third.blocked and not budget.answers_over
+
+
+def test_readers_holding_the_whole_budget_do_not_stop_the_embedded_worker() -> None:
+    big = body_of(16 * MIB)
+    app = Backend(lambda seen: Answer(200, [], big if seen.target == b"/big" else b"small"))
+    hqm = proxy(app.address, "--max-inflight-bytes", str(512 * KIB))
+    try:
+        rid = submit(hqm.port)
+        assert poll_result(hqm.port, rid).status == 200
+        go = threading.Event()
+        holder = SlowReader(hqm.port, b"/_hqm/requests/" + rid.encode(), go)
+        queued = request(hqm.port, b"POST", b"/small", [], b"s").json()["location"].encode()
+        # Done while the holder still holds the budget: its result is stored (503: no
+        # budget to read it now), not left queued (202).
+        assert wait_until(lambda: request(hqm.port, b"GET", queued).status == 503)
+        go.set()
+        assert holder.join().size == len(big)
+        assert request(hqm.port, b"GET", queued).body == b"small"
+    finally:
+        hqm.terminate()
+        app.close()

@@ -25,13 +25,15 @@ class ByteBudget:
     """``limit`` bytes; ``used`` never exceeds it through ``try_take``, and exceeds it
     through ``Hold.charge`` by at most one answer (the oldest hold, never paused)."""
 
-    __slots__ = ("_holds", "_on_free", "limit", "refused", "used")
+    __slots__ = ("_holds", "_on_free", "held", "limit", "refused", "used")
 
     def __init__(self, limit: int) -> None:
         if limit <= 0:
             raise ValueError("a byte budget needs a positive limit")
         self.limit = limit
         self.used = 0
+        #: The part of ``used`` charged to holds (answers being received).
+        self.held = 0
         #: Requests refused for want of budget (the proxy's 503s), for the metrics.
         self.refused = 0
         #: Holds with bytes charged, oldest first (dicts keep insertion order).
@@ -41,6 +43,12 @@ class ByteBudget:
     @property
     def over(self) -> bool:
         return self.used >= self.limit
+
+    @property
+    def answers_over(self) -> bool:
+        """The answers in hand alone fill the budget (a worker claims nothing more;
+        readers holding the rest slow its reads, never stop its claims)."""
+        return self.held >= self.limit
 
     def try_take(self, size: int) -> bool:
         """Take ``size`` bytes if they fit; False (counted in ``refused``) if not."""
@@ -86,6 +94,7 @@ class Hold:
             budget._holds[self] = None
         self.size += size
         budget.used += size
+        budget.held += size
 
     def when_free(self, callback: Callable[[], None]) -> None:
         self._budget.when_free(callback)
@@ -100,4 +109,5 @@ class Hold:
         if self.size:
             size, self.size = self.size, 0
             del self._budget._holds[self]
+            self._budget.held -= size
             self._budget.give(size)

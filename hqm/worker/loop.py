@@ -190,7 +190,7 @@ class Worker:
         # (at most as many again still being recorded: Redis slow means claims wait too;
         # parked ones wait for an app that is down: they hold no slot)
         free = min(self._slots.free, 2 * concurrency - (len(self._tasks) - parked))
-        if self._budget is not None and self._budget.over:
+        if self._budget is not None and self._budget.answers_over:
             return 0  # the answers in hand are recorded first (each release wakes us)
         # Every app's breaker open: claim nothing; half-open: one probe each, if none held.
         allowed = 0
