@@ -7,7 +7,10 @@ each against its own baseline (RSS after one small request) and the budget
 ``--baseline DIR``: the same runs with the hqm of an earlier checkout (e.g. ``git
 archive d9d2170 | tar -x -C DIR``), which reads results whole.
 
-    python bench/memory_budget.py [--size 16777216] [--budget 67108864] [--baseline DIR]
+``--embedded SECONDS``: also an embedded proxy under 64 connections of 1 KiB POSTs, with
+--max-queue-bytes at its default and with no bound.
+
+    python bench/memory_budget.py [--size N] [--budget N] [--baseline DIR] [--embedded S]
 """
 
 from __future__ import annotations
@@ -163,11 +166,53 @@ def receiving(size: int, budget: int | None, source: Path | None) -> dict:
             proc.stop()
 
 
+def embedded(seconds: float) -> dict:
+    """The embedded queue under load: 64 keep-alive connections POSTing 1 KiB for
+    ``seconds``, with --max-queue-bytes at its default and with 0 (no bound)."""
+    import asyncio
+    import collections
+
+    from h11load import Client, Request
+
+    async def load(port: int) -> collections.Counter:
+        req = Request(b"POST", b"/", [(b"Content-Type", b"text/plain")], b"x" * 1024)
+        counts: collections.Counter = collections.Counter()
+        end = time.monotonic() + seconds
+
+        async def one() -> None:
+            client = await Client.open(port)
+            while time.monotonic() < end:
+                status, _ = await client.request(req)
+                counts[status] += 1
+
+        await asyncio.gather(*(one() for _ in range(64)))
+        return counts
+
+    out = {}
+    for name, extra in (("bound", []), ("no bound", ["--max-queue-bytes", "0"])):
+        procs: list[c.Proc] = []
+        try:
+            procs.append(app := c.start_app(c.LOAD_CORE))
+            procs.append(proxy := c.start_proxy(c.SERVER_CORE, app.port, None, *extra))
+            baseline = vm_mib(proxy.pid, "VmRSS")
+            counts = asyncio.run(load(proxy.port))
+            peak = vm_mib(proxy.pid, "VmHWM")
+            out[name] = {"baseline_mib": baseline, "peak_mib": peak}
+            out[name].update({str(k): v for k, v in counts.items()})
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16 * MIB, help="the answers' size")
     parser.add_argument("--budget", type=int, default=None, help="--max-inflight-bytes")
     parser.add_argument("--baseline", type=Path, default=None)
+    parser.add_argument(
+        "--embedded", type=float, default=0, help="seconds of load on an embedded proxy"
+    )
     args = parser.parse_args()
     from hqm.proto.limits import MAX_INFLIGHT_BYTES
 
@@ -190,6 +235,11 @@ def main() -> None:
     columns.append("growth_per_answer")
     title = f"Peak RSS, answers of {args.size / MIB:g} MiB, budget {budget_mib:g} MiB"
     print(c.table(rows, columns, title))
+    if args.embedded:
+        results["embedded"] = embedded(args.embedded)
+        rows = [{"queue": k, **v} for k, v in results["embedded"].items()]
+        title = f"Embedded proxy, {args.embedded:g} s of 1 KiB POSTs on 64 connections"
+        print(c.table(rows, ["queue", "baseline_mib", "peak_mib", "202", "503"], title))
     c.finish(
         "memory_budget", {"args": {k: str(v) for k, v in vars(args).items()}, **results}, started
     )
