@@ -32,7 +32,7 @@ from hqm.worker.fleet import FleetGate
 from hqm.worker.loop import Worker
 from hqm.worker.queues import QueueSet
 from hqm.worker.settings import WorkerSettings
-from hqm.worker.upstream import PoolSettings, UpstreamPool
+from hqm.worker.upstream import UpstreamPool, upstream_pools
 
 log = logging.getLogger("hqm")
 
@@ -73,15 +73,9 @@ class ListenError(StartError):
 
 
 async def open_queue(
-    redis_url: str | None,
-    name: str,
-    *,
-    max_depth: int,
-    result_ttl_s: float,
-    max_bytes: int = 0,
+    redis_url: str | None, name: str, *, max_depth: int, result_ttl_s: float, max_bytes: int = 0
 ) -> Queue:
-    """``max_bytes``: the embedded queue's bound (--max-queue-bytes; Redis: none here)."""
-    if not redis_url:
+    if not redis_url:  # (max_bytes: --max-queue-bytes, the embedded queue's bound)
         return MemoryQueue(
             name, max_depth=max_depth, result_ttl_s=result_ttl_s, max_bytes=max_bytes
         )
@@ -174,15 +168,6 @@ def _queue_gauges(
     return gauges
 
 
-def upstream_pools(
-    upstream: Address, upstreams: Mapping[str, Address], settings: PoolSettings | None
-) -> dict[str, UpstreamPool]:
-    """A pool per app a worker may call: "default" (``--upstream``) and each of
-    ``[upstreams]``. No connection is made before the first request."""
-    addresses = {**upstreams, "default": upstream}
-    return {name: UpstreamPool(address, settings) for name, address in addresses.items()}
-
-
 def _distinct(queues: Iterable[Queue]) -> list[Queue]:
     """Each queue object once, in order (several names may share one embedded queue)."""
     return list({id(queue): queue for queue in queues}.values())
@@ -224,8 +209,7 @@ async def run_proxy(
         result_ttl_s=settings.result_ttl_s,
         max_bytes=settings.max_queue_bytes,
     )
-    # One budget of response bytes for the process: its readers and its embedded worker.
-    budget = ByteBudget(settings.max_inflight_bytes)
+    budget = ByteBudget(settings.max_inflight_bytes)  # (its readers' and embedded worker's)
     # Every queue a route names; embedded, all are the one in-process queue (Redis only).
     queues = {settings.queue: queue}
     for name in sorted({route.queue for route in settings.routes.routes} - set(queues)):
@@ -367,7 +351,6 @@ async def run_worker(
         weights=run.queues.weights,
         fleet=fleet,
         access_log=access_log,
-        budget=ByteBudget(run.worker.max_inflight_bytes),
     )
 
     async def ready() -> bool:

@@ -28,7 +28,7 @@ from hqm.config.options import (
 )
 from hqm.config.tables_admission import ADMISSION
 from hqm.config.tables_logs import ACCESS_LOG
-from hqm.config.tables_memory import MAX_INFLIGHT, MAX_QUEUE_BYTES, MAX_RESPONSE
+from hqm.config.tables_memory import MAX_INFLIGHT, MAX_RESPONSE, QUEUE_BOUNDS
 from hqm.config.tables_openhqm import OPENHQM_API
 from hqm.config.tables_parser import PARSER
 from hqm.config.tables_processes import PROCESSES
@@ -276,10 +276,7 @@ PROXY = Command(
             "Request line + headers limit (431).",
             integer(low=1024, high=1 << 24),
         ),
-        Option(
-            "max-depth", "int", 0, "Backlog limit (503); 0 = none.", integer(low=0, high=1 << 40)
-        ),
-        _embedded(MAX_QUEUE_BYTES),
+        *QUEUE_BOUNDS,
         MAX_INFLIGHT,
         Option(
             "header-timeout",

@@ -1,5 +1,6 @@
 """The memory options (README "Memory"): the worker's largest answer, the budget of
-response bytes in flight of one process, the embedded queue's bound.
+response bytes in flight of one process; and the queue's bounds (--max-depth, and the
+embedded queue's --max-queue-bytes).
 
 They belong to the proxy's and worker's tables (``hqm.config.tables`` lists them); a
 module of their own keeps that one small.
@@ -26,10 +27,17 @@ MAX_INFLIGHT = Option(
     integer(low=L.RESULT_CHUNK_BYTES, high=1 << 40),
     shared=True,
 )
-MAX_QUEUE_BYTES = Option(
-    "max-queue-bytes",
-    "bytes",
-    L.MAX_QUEUE_BYTES,
-    "Bytes held, requests and results together (503 queue full beyond); 0 = no bound.",
-    integer(low=0, high=1 << 40),
+#: ``hqm proxy``'s bounds of its queue: entries waiting (any backend), bytes held (the
+#: embedded queue: an option of its in-process worker's, refused with --redis).
+QUEUE_BOUNDS = (
+    Option("max-depth", "int", 0, "Backlog limit (503); 0 = none.", integer(low=0, high=1 << 40)),
+    Option(
+        "max-queue-bytes",
+        "bytes",
+        L.MAX_QUEUE_BYTES,
+        "Bytes held, requests and results together (503 queue full beyond); 0 = no bound. "
+        "(embedded queue only)",
+        integer(low=0, high=1 << 40),
+        embedded_worker=True,
+    ),
 )

@@ -31,7 +31,8 @@ from hqm.ingress.results_api import json_reply as _json_reply
 from hqm.ingress.routes import Decision, Route
 from hqm.ingress.settings import ProxySettings
 from hqm.io.budget import ByteBudget
-from hqm.io.http_server import Peer, Reply, StreamedReply
+from hqm.io.http_server import Peer, Reply
+from hqm.io.http_streaming import StreamedReply
 from hqm.io.streams import BodyStream, ResponseStream
 from hqm.ops.access_log import AccessLog, ResponseTap, proxy_entry, request_id_of
 from hqm.ops.metrics import ProxyMetrics
@@ -116,7 +117,7 @@ class ProxyHandler:
 
     async def logged(
         self, head: RequestHead, body: bytes, peer: Peer, decision: object = None
-    ) -> Reply:
+    ) -> Reply | StreamedReply:
         """``__call__``, and its access-log line (the server's handler with --access-log)."""
         access = self._access
         if access is None or not access.wanted():
@@ -126,9 +127,8 @@ class ProxyHandler:
         status, bytes_out, request_id = 500, 0, ""
         try:
             reply = await self(head, body, peer, decision, note)
-            status, bytes_out = reply.status, len(reply.body)
-            if isinstance(reply, StreamedReply):
-                bytes_out = reply.size
+            status = reply.status
+            bytes_out = reply.size if isinstance(reply, StreamedReply) else len(reply.body)
             request_id = note.get("id") or request_id_of(reply.headers)
             return reply
         finally:
@@ -163,7 +163,7 @@ class ProxyHandler:
         peer: Peer,
         decision: object = None,
         note: dict[str, str] | None = None,
-    ) -> Reply:
+    ) -> Reply | StreamedReply:
         if head.target.startswith(_API_PREFIX):
             return await self._results(head)
         if self._openhqm is not None and head.target.startswith(OPENHQM_PREFIX):

@@ -30,7 +30,8 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from hqm.io.budget import ByteBudget
-from hqm.io.http_server import Reply, StreamedReply
+from hqm.io.http_server import Reply
+from hqm.io.http_streaming import StreamedReply
 from hqm.io.streams import AnswerBroken, ResponseStream
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.headers import result_response_headers
@@ -78,7 +79,7 @@ def stored_reply(
     budget: ByteBudget,
     charge: int,
     answered: bytes = b"",
-) -> Reply:
+) -> StreamedReply:
     """``record_reply`` of a stored result, its body written a piece at a time as the
     client takes it; ``charge`` bytes of ``budget`` (taken by the caller) are given back
     when the answer is over."""
@@ -100,7 +101,6 @@ def stored_reply(
     return StreamedReply(
         head.status,
         head.headers,
-        b"",
         head.reason,
         head.frame_from_body,
         size=stored.size,
@@ -186,7 +186,7 @@ class ResultsApi:
         self._now = wall_clock
         self._trouble = Trouble("results read")
 
-    async def __call__(self, head: RequestHead) -> Reply:
+    async def __call__(self, head: RequestHead) -> Reply | StreamedReply:
         path = head.target.split(b"?", 1)[0]
         if not path.startswith(REQUESTS_PATH):
             return json_reply(404, {"error": "no such hqm endpoint"})
@@ -228,7 +228,7 @@ class ResultsApi:
         *extra: tuple[bytes, bytes],
         method: bytes,
         answered: bytes = b"",
-    ) -> Reply:
+    ) -> Reply | StreamedReply:
         """The stored answer, streamed; 503 when the budget cannot take one piece of it
         (two: the piece in hand and the one the client's socket buffer may hold)."""
         charge = 2 * min(result.size, RESULT_CHUNK_BYTES)

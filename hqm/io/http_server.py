@@ -16,9 +16,9 @@ from typing import Any
 
 from hqm.io.clock import Clock, LoopClock, Timer
 from hqm.io.connections import ConnectionTracker
-from hqm.io.http_streaming import StreamingMixin
+from hqm.io.http_streaming import StreamedReply, StreamingMixin
 from hqm.io.original_dst import original_port
-from hqm.io.streams import AnswerBroken, BodyStream, ResponseStream, StreamHandler
+from hqm.io.streams import BodyStream, StreamHandler
 from hqm.proto.events import (
     PeerClosed,
     Phase,
@@ -46,18 +46,6 @@ class Reply:
     #: answer, Content-Length ``len(body)``; False keeps ``headers`` as they are (an
     #: app's own answer to a HEAD, with the Content-Length the app sent).
     frame_from_body: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class StreamedReply(Reply):
-    """A Reply whose body of ``size`` bytes is not in hand: ``write`` writes it through
-    a ResponseStream as the client takes it (a stored result read in pieces). The
-    server calls ``release`` once, when the answer is over or will not be written
-    (the client left first), whatever happened."""
-
-    size: int = 0
-    write: Callable[[ResponseStream], Awaitable[None]] | None = None
-    release: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +220,7 @@ class HttpProtocol(StreamingMixin, asyncio.Protocol):
         except Exception:
             log.exception("handler failed for %r", event.head.target)
             result = _INTERNAL_ERROR
-        if isinstance(result, Reply):
+        if isinstance(result, Reply | StreamedReply):
             self._send(result)
             return
         future = asyncio.ensure_future(result)  # a Future stays itself; a coroutine: Task
@@ -251,16 +239,8 @@ class HttpProtocol(StreamingMixin, asyncio.Protocol):
         else:
             self._send(future.result())
 
-    def _send(self, reply: Reply) -> None:
+    def _send_whole(self, reply: Reply) -> None:
         if self._transport is None or self._transport.is_closing():
-            if isinstance(reply, StreamedReply):
-                reply.release()
-            return
-        if isinstance(reply, StreamedReply):
-            out = ResponseStream(self)
-            task = asyncio.ensure_future(self._write_streamed(reply, out))
-            self._pending = task
-            task.add_done_callback(lambda done: self._on_stream_done(done, out))
             return
         self._conn.send_response(
             reply.status,
@@ -271,22 +251,6 @@ class HttpProtocol(StreamingMixin, asyncio.Protocol):
         )
         self._transport.write(self._conn.data_to_send())
         self._answered()
-
-    async def _write_streamed(self, reply: StreamedReply, out: ResponseStream) -> None:
-        """A StreamedReply's answer, framed as a whole one (Content-Length: its size)."""
-        try:
-            framed = self._conn.framed(
-                reply.status, reply.headers, reply.size, frame_from_body=reply.frame_from_body
-            )
-            if not out.start(reply.status, framed, reply.reason):
-                return
-            if reply.write is not None and self._conn.request_method != b"HEAD":
-                await reply.write(out)
-            out.end()
-        except AnswerBroken:
-            pass  # (not ended: the connection is aborted)
-        finally:
-            reply.release()
 
     def _answered(self) -> None:
         if self._conn.must_close:

@@ -39,10 +39,10 @@ from hqm.proto.framing import (
     NO_BODY_STATUSES,
     answer_bytes,
     client_keeps_alive,
+    framed,
     raw_error,
     reason_phrase,
     too_many_connections,
-    with_content_length,
 )
 from hqm.proto.limits import Limits
 
@@ -249,7 +249,7 @@ class ServerConnection:
         never sent).
         """
         head = self.request_method == b"HEAD"
-        headers = self.framed(status, headers, len(body), frame_from_body=frame_from_body)
+        headers = framed(status, headers, len(body), head=head, frame_from_body=frame_from_body)
         bodyless = head or status in NO_BODY_STATUSES or status < 200
         if reason is None:
             reason = reason_phrase(status)
@@ -276,22 +276,6 @@ class ServerConnection:
             self._out.append(raw_error(502, f"bad upstream response: {exc}", head=head))
             return
         self._next_cycle()
-
-    def framed(
-        self,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
-        size: int,
-        *,
-        frame_from_body: bool = False,
-    ) -> list[tuple[bytes, bytes]]:
-        """``headers`` with the Content-Length of a body of ``size`` bytes, where the
-        answer has one (``send_response`` says when: also for an answer streamed in
-        pieces that is framed as a whole one)."""
-        head = self.request_method == b"HEAD"
-        if status in NO_BODY_STATUSES or status < 200 or not (frame_from_body or not head):
-            return headers
-        return with_content_length(headers, size)
 
     def _request_read(self) -> bool:
         """The whole request is read and no byte of its answer is written yet."""

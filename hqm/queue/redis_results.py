@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hqm.proto.envelope import PREFIX_BYTES, decode_response_head, head_end
+from hqm.proto.envelope import PREFIX_BYTES, ResponseRecord, decode_response_head, head_end
 from hqm.proto.limits import RESULT_CHUNK_BYTES
-from hqm.queue.base import QueueUnavailable, StoredResult
+from hqm.queue.base import QueueUnavailable, StoredResult, whole_result
+from hqm.queue.keys import QueueKeys
 from hqm.queue.redis_codec import errors
+from hqm.queue.redis_wait import Replies
 
 log = logging.getLogger("hqm.queue.redis_streams")
 
@@ -62,3 +64,20 @@ async def open_result(redis: Any, key: str, request_id: str) -> StoredResult | N
         return data
 
     return StoredResult(head, size - body_at, read)
+
+
+class PieceReads:
+    """``RedisQueue``'s results read in pieces (its ``_redis``, ``keys``, ``_replies``)."""
+
+    _redis: Any
+    _replies: Replies
+    keys: QueueKeys
+
+    async def open_result(self, request_id: str) -> StoredResult | None:
+        return await open_result(self._redis, self.keys.result(request_id), request_id)
+
+    async def wait_stored(self, request_id: str, timeout_s: float) -> StoredResult | None:
+        """As ``wait_result``; a result the notification did not carry (over 64 KiB)
+        is opened to be read in pieces, never GET whole."""
+        result = await self._replies.wait(request_id, timeout_s, self.open_result)
+        return whole_result(result) if isinstance(result, ResponseRecord) else result

@@ -53,8 +53,6 @@ from hqm.queue.base import (
     QueueUnavailable,
     RequestState,
     Status,
-    StoredResult,
-    whole_result,
 )
 from hqm.queue.batch import Batcher
 from hqm.queue.keys import GROUP, QueueKeys
@@ -81,7 +79,7 @@ from hqm.queue.redis_group import (
     read_entries,
     unpack_claimed,
 )
-from hqm.queue.redis_results import open_result
+from hqm.queue.redis_results import PieceReads
 from hqm.queue.redis_scripts import Scripts
 from hqm.queue.redis_wait import Replies, notification
 
@@ -93,7 +91,7 @@ _PROMOTE_LIMIT = 100  # retries moved back per promote_due call
 _MARK_WITHIN_S = 0.1  # a claimed entry shows "processing" within this time
 
 
-class RedisQueue(Queue):
+class RedisQueue(PieceReads, Queue):
     def __init__(
         self,
         url: str,
@@ -217,16 +215,6 @@ class RedisQueue(Queue):
         with errors("fetch_result"):
             raw = await self._redis.get(self.keys.result(request_id))
         return None if raw is None else decode_result(raw, request_id)
-
-    async def open_result(self, request_id: str) -> StoredResult | None:
-        """Read in pieces with GETRANGE (``hqm.queue.redis_results``)."""
-        return await open_result(self._redis, self.keys.result(request_id), request_id)
-
-    async def wait_stored(self, request_id: str, timeout_s: float) -> StoredResult | None:
-        """As ``wait_result``; a result the notification did not carry (over 64 KiB)
-        is opened to be read in pieces, never GET whole."""
-        result = await self._replies.wait(request_id, timeout_s, self.open_result)
-        return whole_result(result) if isinstance(result, ResponseRecord) else result
 
     async def wait_result(self, request_id: str, timeout_s: float) -> ResponseRecord | None:
         """Notified with the result itself (``hqm.queue.redis_wait``); polls as well."""

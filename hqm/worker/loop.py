@@ -80,9 +80,7 @@ class Worker:
         budget: ByteBudget | None = None,
     ) -> None:
         self._settings = settings
-        #: --max-inflight-bytes: the answers in hand (None: not counted). Past it,
-        #: nothing new is claimed and answers are read slower (``hqm.io.budget``).
-        self._budget = budget
+        self._budget = budget or ByteBudget(settings.max_inflight_bytes)  # (hqm.io.budget)
         self._metrics = metrics
         self._now = wall_clock
         #: Every delivery being worked on, by (queue, entry id), until its outcome is
@@ -190,7 +188,7 @@ class Worker:
         # (at most as many again still being recorded: Redis slow means claims wait too;
         # parked ones wait for an app that is down: they hold no slot)
         free = min(self._slots.free, 2 * concurrency - (len(self._tasks) - parked))
-        if self._budget is not None and self._budget.answers_over:
+        if self._budget.answers_over:
             return 0  # the answers in hand are recorded first (each release wakes us)
         # Every app's breaker open: claim nothing; half-open: one probe each, if none held.
         allowed = 0
@@ -294,8 +292,8 @@ class Worker:
 
     async def _process(self, lane: Lane, delivery: Delivery, seat: Seat) -> None:
         record = delivery.record
-        hold = None if self._budget is None else self._budget.hold()
-        ANSWER_HOLD.set(hold)  # (this task's own context: its answer is charged to it)
+        hold = self._budget.hold()  # (this task's own context: its answer is charged to it)
+        ANSWER_HOLD.set(hold)
         try:
             await seat.acquire()
             await self._attempt(lane, delivery, seat)
@@ -305,8 +303,7 @@ class Worker:
         except Exception:
             log.exception("worker failed on %s", record.id, extra=log_ids(record))
         finally:
-            if hold is not None:
-                hold.release()  # the answer is recorded (or given up): its bytes are free
+            hold.release()  # the answer is recorded (or given up): its bytes are free
             self._tasks.pop((lane.name, delivery.entry_id), None)
             seat.finish()
             self._wake.set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -340,3 +340,12 @@ class UpstreamPool:
 
 class _StaleConnection(Exception):
     """A connection died before any byte of a response: the app did not take it."""
+
+
+def upstream_pools(
+    upstream: Address, upstreams: Mapping[str, Address], settings: PoolSettings | None
+) -> dict[str, UpstreamPool]:
+    """A pool per app a worker may call: "default" (``--upstream``) and each of
+    ``[upstreams]``. No connection is made before the first request."""
+    addresses = {**upstreams, "default": upstream}
+    return {name: UpstreamPool(address, settings) for name, address in addresses.items()}
