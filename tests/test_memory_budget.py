@@ -395,3 +395,22 @@ def test_readers_holding_the_whole_budget_do_not_stop_the_embedded_worker() -> N
     finally:
         hqm.terminate()
         app.close()
+
+
+def test_a_waiting_client_gets_a_large_answer_streamed_whole(redis_server: RedisServer) -> None:
+    """Over 64 KiB the notification carries only the id: the result is read in pieces."""
+    big = body_of(3 * MIB + 17)
+    app = Backend(lambda seen: Answer(201, [(b"X-App", b"1")], big))
+    url = redis_server.url
+    hqm = proxy(app.address, "--redis", url)
+    work = worker(url, app.address)
+    try:
+        got = request(hqm.port, b"POST", b"/big", [(b"Prefer", b"wait=10")], b"x")
+        head = request(hqm.port, b"HEAD", b"/_hqm/requests/" + got.header(b"HQM-Request-Id"))
+    finally:
+        work.terminate()
+        hqm.terminate()
+        app.close()
+    assert (got.status, got.header(b"X-App"), got.body == big) == (201, b"1", True)
+    assert got.header(b"Preference-Applied") == b"wait=10"
+    assert (head.status, head.body, head.header(b"Content-Length")) == (201, b"", b"%d" % len(big))
