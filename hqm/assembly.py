@@ -15,6 +15,7 @@ from hqm.ingress.handler import ProxyHandler, new_request_id
 from hqm.ingress.passthrough import PassThrough
 from hqm.ingress.settings import ProxySettings
 from hqm.io.address import Address
+from hqm.io.budget import ByteBudget
 from hqm.io.clock import Clock
 from hqm.io.fdlimit import connection_limit, raise_nofile
 from hqm.io.http_server import ConnectionTracker, Routing, serve
@@ -32,7 +33,7 @@ from hqm.worker.fleet import FleetGate
 from hqm.worker.loop import Worker
 from hqm.worker.queues import QueueSet
 from hqm.worker.settings import WorkerSettings
-from hqm.worker.upstream import PoolSettings, UpstreamPool
+from hqm.worker.upstream import UpstreamPool, upstream_pools
 
 log = logging.getLogger("hqm")
 
@@ -73,10 +74,12 @@ class ListenError(StartError):
 
 
 async def open_queue(
-    redis_url: str | None, name: str, *, max_depth: int, result_ttl_s: float
+    redis_url: str | None, name: str, *, max_depth: int, result_ttl_s: float, max_bytes: int = 0
 ) -> Queue:
-    if not redis_url:
-        return MemoryQueue(name, max_depth=max_depth, result_ttl_s=result_ttl_s)
+    if not redis_url:  # (max_bytes: --max-queue-bytes, the embedded queue's bound)
+        return MemoryQueue(
+            name, max_depth=max_depth, result_ttl_s=result_ttl_s, max_bytes=max_bytes
+        )
     from hqm.queue.redis_streams import RedisQueue
 
     try:
@@ -166,15 +169,6 @@ def _queue_gauges(
     return gauges
 
 
-def upstream_pools(
-    upstream: Address, upstreams: Mapping[str, Address], settings: PoolSettings | None
-) -> dict[str, UpstreamPool]:
-    """A pool per app a worker may call: "default" (``--upstream``) and each of
-    ``[upstreams]``. No connection is made before the first request."""
-    addresses = {**upstreams, "default": upstream}
-    return {name: UpstreamPool(address, settings) for name, address in addresses.items()}
-
-
 def _distinct(queues: Iterable[Queue]) -> list[Queue]:
     """Each queue object once, in order (several names may share one embedded queue)."""
     return list({id(queue): queue for queue in queues}.values())
@@ -214,7 +208,9 @@ async def run_proxy(
         settings.queue,
         max_depth=settings.max_depth,
         result_ttl_s=settings.result_ttl_s,
+        max_bytes=settings.max_queue_bytes,
     )
+    budget = ByteBudget(settings.max_inflight_bytes)  # (its readers' and embedded worker's)
     # Every queue a route names; embedded, all are the one in-process queue (Redis only).
     queues = {settings.queue: queue}
     for name in sorted({route.queue for route in settings.routes.routes} - set(queues)):
@@ -254,6 +250,7 @@ async def run_proxy(
             fleet=_fleet(embedded, None, settings.queue, worker_metrics),
             metrics=worker_metrics,
             access_log=access_log,
+            budget=budget,
         )
         worker_task = asyncio.get_running_loop().create_task(worker.run())
     max_connections = connection_limit(raise_nofile(), configured=settings.max_connections)
@@ -277,6 +274,7 @@ async def run_proxy(
         metrics=metrics,
         access_log=access_log,
         readiness=ready,
+        budget=budget,
     )
     server = await _listen(
         "--listen",

@@ -155,7 +155,7 @@ ALIASES: tuple[Alias, ...] = (
     _a("PROXY__ENDPOINTS", note="name apps in `[upstreams]` of the --config file"),
     _a("PROXY__FORWARD_HEADERS", note="every header a submit gives is sent"),
     _a("PROXY__STRIP_HEADERS", note="hop-by-hop headers are always dropped"),
-    _a("PROXY__MAX_RESPONSE_SIZE", "10485760", note="hqm's answer limit is 64 MiB"),
+    _a("PROXY__MAX_RESPONSE_SIZE", "10485760", note="hqm's answer limit is --max-response"),
     _a(
         "CACHE__TYPE",
         "redis",

@@ -28,6 +28,7 @@ from hqm.config.options import (
 )
 from hqm.config.tables_admission import ADMISSION
 from hqm.config.tables_logs import ACCESS_LOG
+from hqm.config.tables_memory import MAX_INFLIGHT, MAX_RESPONSE, QUEUE_BOUNDS
 from hqm.config.tables_openhqm import OPENHQM_API
 from hqm.config.tables_parser import PARSER
 from hqm.config.tables_processes import PROCESSES
@@ -176,6 +177,7 @@ _WORKER_LOOP = (
         "Seconds before another worker takes over an unfinished entry.",
         seconds(zero_ok=False),
     ),
+    MAX_RESPONSE,
 )
 #: How hqm talks to the app: the worker at replay, the proxy for pass-through routes.
 _APP_LINK = (
@@ -274,9 +276,8 @@ PROXY = Command(
             "Request line + headers limit (431).",
             integer(low=1024, high=1 << 24),
         ),
-        Option(
-            "max-depth", "int", 0, "Backlog limit (503); 0 = none.", integer(low=0, high=1 << 40)
-        ),
+        *QUEUE_BOUNDS,
+        MAX_INFLIGHT,
         Option(
             "header-timeout",
             "seconds",
@@ -371,6 +372,7 @@ WORKER = Command(
             seconds(zero_ok=False),
         ),
         *_WORKER_LOOP,
+        MAX_INFLIGHT,
         *_APP_LINK,
         *REPLAY,
         RESULT_TTL,

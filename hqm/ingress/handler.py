@@ -27,32 +27,28 @@ from hqm.ingress.openhqm_api import OpenHqmApi
 from hqm.ingress.passthrough import PassThrough
 from hqm.ingress.replay_gate import ReplayGate
 from hqm.ingress.results_api import API_PREFIX as _API_PREFIX
-from hqm.ingress.results_api import FULL as _FULL
 from hqm.ingress.results_api import JSON as _JSON
-from hqm.ingress.results_api import REQUESTS_PATH, ResultsApi, record_reply
+from hqm.ingress.results_api import REQUESTS_PATH, ResultsApi, queue_failure
 from hqm.ingress.results_api import RETRY_AFTER as _RETRY_AFTER
-from hqm.ingress.results_api import UNAVAILABLE as _UNAVAILABLE
 from hqm.ingress.results_api import Trouble as _Trouble
 from hqm.ingress.results_api import json_reply as _json_reply
 from hqm.ingress.routes import Decision, Route
 from hqm.ingress.settings import ProxySettings
+from hqm.io.budget import ByteBudget
 from hqm.io.http_server import Peer, Reply
+from hqm.io.http_streaming import StreamedReply
 from hqm.io.streams import BodyStream, ResponseStream
 from hqm.ops.access_log import AccessLog, ResponseTap, proxy_entry, request_id_of
 from hqm.ops.metrics import ProxyMetrics
 from hqm.ops.readiness import Readiness
 from hqm.proto.envelope import RequestRecord
 from hqm.proto.headers import REQUEST_ID, header_value
-from hqm.proto.limits import RETRY_AFTER_S
 from hqm.proto.prefer import parse_prefer
 from hqm.proto.replay_token import HEADER
 from hqm.proto.server import RequestHead
 from hqm.proto.traceparent import trace_id_of
-from hqm.queue.base import Queue, QueueError, QueueFull, QueueRefused
+from hqm.queue.base import Queue, QueueError
 
-#: Redis answered and stored nothing (READONLY, NOAUTH, ...): unlike "queue unavailable",
-#: the client knows a resend is a first send.
-_REFUSED = {"error": "queue refused the write", "retry_after": RETRY_AFTER_S}
 _CONFLICT = {
     "error": "Idempotency-Key already used for another request",
     "header": "Idempotency-Key",
@@ -86,6 +82,7 @@ class ProxyHandler:
         passthrough: PassThrough | None = None,
         access_log: AccessLog | None = None,
         readiness: Readiness | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         #: --access-log: ``logged`` is then the server's handler (None: off).
         self._access = access_log if access_log is not None and access_log.enabled else None
@@ -121,17 +118,27 @@ class ProxyHandler:
         #: Wait-mode clients held; released (answered as async) at the drain's end.
         self.waits = HeldWaits()
         self._wait_trouble = _Trouble("wait")
-        self._results = ResultsApi(queues=[queue, *self._queues.values()], wall_clock=wall_clock)
+        #: --max-inflight-bytes: results read and wait-mode answers (``hqm.io.budget``).
+        budget = budget or ByteBudget(settings.max_inflight_bytes)
+        self._results = ResultsApi(
+            queues=[queue, *self._queues.values()], budget=budget, wall_clock=wall_clock
+        )
         #: The original OpenHQM's API on /api/v1/ (--openhqm-api), None when off.
         self._openhqm = (
-            OpenHqmApi(queue=queue, settings=settings, metrics=metrics, wall_clock=wall_clock)
+            OpenHqmApi(
+                queue=queue,
+                settings=settings,
+                metrics=metrics,
+                budget=budget,
+                wall_clock=wall_clock,
+            )
             if settings.openhqm_api
             else None
         )
 
     async def logged(
         self, head: RequestHead, body: bytes, peer: Peer, decision: object = None
-    ) -> Reply:
+    ) -> Reply | StreamedReply:
         """``__call__``, and its access-log line (the server's handler with --access-log)."""
         access = self._access
         if access is None or not access.wanted():
@@ -143,7 +150,8 @@ class ProxyHandler:
         status, bytes_out, request_id = 500, 0, ""
         try:
             reply = await self(head, body, peer, decision, note)
-            status, bytes_out = reply.status, len(reply.body)
+            status = reply.status
+            bytes_out = reply.size if isinstance(reply, StreamedReply) else len(reply.body)
             request_id = note.get("id") or request_id_of(reply.headers)
             return reply
         finally:
@@ -171,7 +179,7 @@ class ProxyHandler:
         peer: Peer,
         decision: object = None,
         note: dict[str, str] | None = None,
-    ) -> Reply:
+    ) -> Reply | StreamedReply:
         if not isinstance(decision, Decision):
             decision = self.classify(head, peer)
         if decision.target is not None:  # hqm's API, or a path normalized
@@ -254,11 +262,14 @@ class ProxyHandler:
                 if self._wait_trouble.failing:
                     self._wait_trouble.recovered()
             if result is not None:
-                self._count(mode, "answered")
                 extra = [(b"Preference-Applied", applied)] if applied else []
-                return record_reply(
+                reply = self._results.reply(
                     request_id, result, *extra, method=head.method, answered=head.method
                 )
+                if isinstance(reply, StreamedReply):
+                    self._count(mode, "answered")
+                    return reply
+                # No budget for it now: the async answer; the result waits, stored.
             mode, applied = "async", b""
         self._count(mode, "accepted")
         return self._accepted(request_id, mode, applied)
@@ -269,12 +280,7 @@ class ProxyHandler:
         self._enqueue_trouble.failed(exc)
         if self._readiness is not None:
             self._readiness.enqueue_failed(exc)
-        if isinstance(exc, QueueFull):
-            outcome, payload = "full", _FULL
-        elif isinstance(exc, QueueRefused):
-            outcome, payload = "write_refused", _REFUSED
-        else:
-            outcome, payload = "unavailable", _UNAVAILABLE
+        outcome, payload = queue_failure(exc)
         self._count(mode, outcome)
         return _json_reply(503, payload, _RETRY_AFTER)
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hqm.proto.envelope import ResponseRecord
-from hqm.queue.base import Queue
+from hqm.queue.base import Queue, StoredResult
 
 
 class HeldWaits:
@@ -18,15 +17,15 @@ class HeldWaits:
         #: Once released, a wait ends before it starts.
         self.released = False
 
-    async def wait(self, queue: Queue, request_id: str, timeout_s: float) -> ResponseRecord | None:
-        """``queue.wait_result``; None at once once released."""
+    async def wait(self, queue: Queue, request_id: str, timeout_s: float) -> StoredResult | None:
+        """``queue.wait_stored``; None at once once released."""
         if self.released:
             return None
         try:
             async with asyncio.timeout(None) as held:
                 self._held.add(held)
                 try:
-                    return await queue.wait_result(request_id, timeout_s)
+                    return await queue.wait_stored(request_id, timeout_s)
                 finally:
                     self._held.discard(held)
         except TimeoutError:

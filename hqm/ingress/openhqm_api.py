@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -42,6 +43,7 @@ from hqm.ingress.openhqm_models import (
     submit_answer,
 )
 from hqm.ingress.settings import ProxySettings
+from hqm.io.budget import ByteBudget
 from hqm.io.http_server import Peer, Reply
 from hqm.ops.metrics import ProxyMetrics
 from hqm.proto.envelope import RequestRecord
@@ -120,9 +122,12 @@ class OpenHqmApi:
         queue: Queue,
         settings: ProxySettings,
         metrics: ProxyMetrics,
+        budget: ByteBudget,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._queue = queue
+        #: --max-inflight-bytes: a result is read whole here (its body goes into JSON).
+        self._budget = budget
         self._settings = settings
         self._now = wall_clock
         self._outage = _Outage()
@@ -219,6 +224,18 @@ class OpenHqmApi:
         return _reply(200, answer)
 
     async def _response(self, raw_id: bytes, head: RequestHead, client: str) -> Reply:
+        """The result, read whole (it goes into a JSON body): its bytes are taken from
+        the budget until the answer is made (503 when they cannot be)."""
+        held = [0]  # (bytes taken, set by _result)
+        try:
+            return await self._result(raw_id, held, head, client)
+        finally:
+            if held[0]:
+                self._budget.give(held[0])
+
+    async def _result(
+        self, raw_id: bytes, charge: list[int], head: RequestHead, client: str
+    ) -> Reply:
         request_id = _request_id(raw_id)
         correlation_id = raw_id.decode("latin-1")
         result = None
@@ -226,7 +243,13 @@ class OpenHqmApi:
             state = await self._state(request_id, head, client) if request_id else None
             status = STATUS_NAMES.get(state.status, "PENDING") if state else ""
             if request_id and state is not None and status in ("COMPLETED", "FAILED"):
-                result = await self._queue.fetch_result(request_id)
+                stored = await self._queue.open_result(request_id)
+                if stored is not None:
+                    if not self._budget.try_take(stored.size):
+                        return _detail(503, "Too many responses in flight.", _RETRY_AFTER)
+                    charge[0] = stored.size
+                    body = bytes(await stored.read(0, stored.size)) if stored.size else b""
+                    result = replace(stored.head, body=body)
         except QueueError as exc:
             self._outage.failed("read", exc)
             return _detail(503, "Queue unavailable. Try again later.", _RETRY_AFTER)

@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 import orjson
 
-from hqm.ingress.results_api import FULL, JSON, RETRY_AFTER, UNAVAILABLE, Trouble
+from hqm.ingress.results_api import JSON, RETRY_AFTER, Trouble, queue_failure
 from hqm.ingress.routes import Decision, Route
 from hqm.io.streams import BodyError, BodyStream, ResponseStream
 from hqm.proto.events import RequestHead
 from hqm.proto.replay_token import REMEMBER_S, ReplayRefused, Token, parse
-from hqm.queue.base import Queue, QueueError, QueueFull
+from hqm.queue.base import Queue, QueueError
 
 #: A proven replay: straight to the app (the route's injected headers came with it).
 REPLAY = Route(name="replay", action="pass")
@@ -80,8 +80,7 @@ class ReplayGate:
             return None
         except QueueError as exc:
             self._trouble.failed(exc)
-            full = isinstance(exc, QueueFull)
-            await _json(out, 503, FULL if full else UNAVAILABLE, RETRY_AFTER)
+            await _json(out, 503, queue_failure(exc)[1], RETRY_AFTER)
             return None
         if self._trouble.failing:
             self._trouble.recovered()

@@ -36,6 +36,10 @@ class ProxySettings:
     limits: Limits
     #: Backlog limit (503); 0 = none.
     max_depth: int
+    #: The embedded queue's bound in bytes held (503 beyond); 0 = none.
+    max_queue_bytes: int
+    #: --max-inflight-bytes: response bytes held at once (``hqm.io.budget``).
+    max_inflight_bytes: int
     #: Client connections at once (503 and close past it); 0 = from the fd limit.
     max_connections: int
     result_ttl_s: float

@@ -16,7 +16,7 @@ from typing import Any
 
 from hqm.io.clock import Clock, LoopClock, Timer
 from hqm.io.connections import ConnectionTracker
-from hqm.io.http_streaming import StreamingMixin
+from hqm.io.http_streaming import StreamedReply, StreamingMixin
 from hqm.io.original_dst import original_port
 from hqm.io.streams import BodyStream, StreamHandler
 from hqm.proto.events import (
@@ -220,7 +220,7 @@ class HttpProtocol(StreamingMixin, asyncio.Protocol):
         except Exception:
             log.exception("handler failed for %r", event.head.target)
             result = _INTERNAL_ERROR
-        if isinstance(result, Reply):
+        if isinstance(result, Reply | StreamedReply):
             self._send(result)
             return
         future = asyncio.ensure_future(result)  # a Future stays itself; a coroutine: Task
@@ -239,7 +239,7 @@ class HttpProtocol(StreamingMixin, asyncio.Protocol):
         else:
             self._send(future.result())
 
-    def _send(self, reply: Reply) -> None:
+    def _send_whole(self, reply: Reply) -> None:
         if self._transport is None or self._transport.is_closing():
             return
         self._conn.send_response(

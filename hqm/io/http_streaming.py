@@ -1,17 +1,43 @@
 """The streamed half of the HTTP server's protocol (pass-through): a request whose
 body is handed on as it arrives, and an answer written as it comes (``HttpProtocol``
-mixes this in; flow control both ways as described in ``hqm.io.streams``)."""
+mixes this in; flow control both ways as described in ``hqm.io.streams``); and the
+answers a handler gives as a ``StreamedReply`` (a stored result read in pieces)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from hqm.io.streams import BodyStream, ResponseStream
+from hqm.io.streams import AnswerBroken, BodyStream, ResponseStream
+from hqm.proto.framing import framed
 from hqm.proto.server import BodyChunk, BodyEnd, NeedData, RequestStarted, ServerConnection
 
 log = logging.getLogger("hqm.http")
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedReply:
+    """A handler's answer (as a ``Reply``) whose body of ``size`` bytes is not in hand:
+    ``write`` writes it through a ResponseStream as the client takes it. The server
+    calls ``release`` once, when the answer is over or will not be written (the client
+    left first), whatever happened."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    reason: bytes | None
+    #: As ``Reply.frame_from_body``: to a HEAD, frame as the GET answer (Content-Length
+    #: ``size``), or keep ``headers`` (an app's own answer to a HEAD).
+    frame_from_body: bool
+    size: int
+    write: Callable[[ResponseStream], Awaitable[None]]
+    release: Callable[[], None] = _nothing
 
 
 class StreamingMixin:
@@ -30,7 +56,40 @@ class StreamingMixin:
     _served: bool
     _timer_phase: Any
     # and the methods _answered, _arm_timer, _linger, _pause_reading, _resume_reading,
-    # _send and abort
+    # _send_whole and abort
+
+    def _send(self, reply: Any) -> None:
+        """Send a handler's answer: a Reply at once (``_send_whole``), a StreamedReply
+        as the client takes it."""
+        if not isinstance(reply, StreamedReply):
+            self._send_whole(reply)  # type: ignore[attr-defined]
+        elif self._transport is None or self._transport.is_closing():
+            reply.release()
+        else:
+            out = ResponseStream(self)
+            task = asyncio.ensure_future(self._write_streamed(reply, out))
+            self._pending = task
+            task.add_done_callback(lambda done: self._on_stream_done(done, out))
+
+    async def _write_streamed(self, reply: StreamedReply, out: ResponseStream) -> None:
+        try:
+            head = self._conn.request_method == b"HEAD"
+            headers = framed(
+                reply.status,
+                reply.headers,
+                reply.size,
+                head=head,
+                frame_from_body=reply.frame_from_body,
+            )
+            if not out.start(reply.status, headers, reply.reason):
+                return
+            if not head:
+                await reply.write(out)
+            out.end()
+        except AnswerBroken:
+            pass  # (not ended: the connection is aborted)
+        finally:
+            reply.release()
 
     def _wake_writer(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -113,7 +172,7 @@ class StreamingMixin:
             log.error("stream handler failed", exc_info=exc)
         if not out.started:
             self._body = None  # a body still arriving is not read: the answer closes
-            self._send(self.bad_gateway)  # type: ignore[attr-defined]
+            self._send_whole(self.bad_gateway)  # type: ignore[attr-defined]
             return
         if not out.ended:  # the answer broke off midway: only a close can say so
             self.abort()

@@ -20,6 +20,11 @@ from hqm.proto.events import RequestHead
 STREAM_BUFFER_BYTES = 1 << 20
 
 
+class AnswerBroken(Exception):
+    """A streamed answer cannot go on (its source failed; the raiser logged why): the
+    connection is aborted, so the client sees it cut short, never a short body as whole."""
+
+
 class BodyError(Exception):
     """The client's body did not arrive whole (it closed, timed out or broke framing)."""
 

@@ -192,11 +192,12 @@ class ClientConnection:
                 elif isinstance(event, h11.EndOfMessage):
                     response = self._response
                     assert response is not None
+                    body, self._body = self._body, []  # (the caller's alone from now on)
                     return ResponseRecord(
                         status=response.status_code,
                         reason=response.reason,
                         headers=tuple(response.headers.raw_items()),
-                        body=b"".join(self._body),
+                        body=b"".join(body),
                         http_version=response.http_version,
                     )
                 elif isinstance(event, h11.ConnectionClosed):
@@ -228,6 +229,8 @@ class ClientConnection:
             if not self.reusable:
                 raise ProtocolError("connection not reusable", error_status_hint=502)
             self._fast = None
+            assert self._reader is not None
+            self._reader.settle()
             return
         self._h11.start_next_cycle()
 

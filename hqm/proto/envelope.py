@@ -122,7 +122,13 @@ def _pack(kind: int, head: dict, body: bytes) -> bytes:
     return _PREFIX.pack(_MAGIC, ENVELOPE_VERSION, kind, len(head_bytes)) + head_bytes + body
 
 
-def _unpack(data: bytes, kind: int) -> tuple[dict, bytes]:
+#: Bytes before a record's JSON head: ``head_end`` needs this many.
+PREFIX_BYTES = _PREFIX.size
+
+
+def head_end(data: bytes, kind: int = _KIND_RESPONSE) -> int:
+    """Where the body of the record starting with ``data`` (at least PREFIX_BYTES of
+    it) begins; EnvelopeError when it is not a record of ``kind``."""
     if len(data) < _PREFIX.size:
         raise EnvelopeError("record too short")
     magic, version, got_kind, head_len = _PREFIX.unpack_from(data)
@@ -132,7 +138,13 @@ def _unpack(data: bytes, kind: int) -> tuple[dict, bytes]:
         raise EnvelopeError(f"unsupported envelope version {version}")
     if got_kind != kind:
         raise EnvelopeError(f"record kind {got_kind}, expected {kind}")
-    end = _PREFIX.size + head_len
+    return _PREFIX.size + head_len
+
+
+def _unpack_head(data: bytes, kind: int, size: int) -> tuple[dict, int]:
+    """(head, where the body starts) of a record of ``size`` bytes in all whose first
+    bytes (its head at least) are ``data``."""
+    end = head_end(data, kind)
     if end > len(data):
         raise EnvelopeError("truncated record head")
     try:
@@ -141,10 +153,14 @@ def _unpack(data: bytes, kind: int) -> tuple[dict, bytes]:
         raise EnvelopeError(f"corrupt record head: {exc}") from None
     if not isinstance(head, dict):
         raise EnvelopeError("corrupt record head: not an object")
-    body = bytes(data[end:])
-    if head.get("body_len") != len(body):
-        raise EnvelopeError(f"body is {len(body)} bytes, record says {head.get('body_len')}")
-    return head, body
+    if head.get("body_len") != size - end:
+        raise EnvelopeError(f"body is {size - end} bytes, record says {head.get('body_len')}")
+    return head, end
+
+
+def _unpack(data: bytes, kind: int) -> tuple[dict, bytes]:
+    head, end = _unpack_head(data, kind, len(data))
+    return head, bytes(data[end:])
 
 
 def _field(head: dict, key: str, kind: type | tuple[type, ...]):
@@ -237,6 +253,18 @@ def encode_response(record: ResponseRecord) -> bytes:
 
 def decode_response(data: bytes) -> ResponseRecord:
     head, body = _unpack(data, _KIND_RESPONSE)
+    return _response(head, body)
+
+
+def decode_response_head(data: bytes, size: int) -> tuple[ResponseRecord, int]:
+    """A stored response read in pieces: ``data`` its first bytes (up to ``head_end``
+    at least) of ``size`` in all; the record without its body, and where the body
+    starts. EnvelopeError as ``decode_response``."""
+    head, end = _unpack_head(data, _KIND_RESPONSE, size)
+    return _response(head, b""), end
+
+
+def _response(head: dict, body: bytes) -> ResponseRecord:
     try:
         error = head["error"]
         if error is not None and not isinstance(error, str):

@@ -52,6 +52,7 @@ class FastResponseReader:
 
     __slots__ = (
         "_body",
+        "_clean",
         "_head_size",
         "_headers",
         "_length",
@@ -72,9 +73,16 @@ class FastResponseReader:
     def start(self) -> None:
         """Get ready for the next response; the parser is kept when the last one ended
         cleanly (llhttp is then at the start of a message)."""
-        if self.record is None or self._parser is None:
+        if not self._clean or self._parser is None:
             self._parser = httptools.HttpResponseParser(self)
         self._reset()
+
+    def settle(self) -> None:
+        """Let go of the finished response's bytes (they are the caller's now: an idle
+        pooled connection must not keep its last answer alive); the parser stays."""
+        clean = self.record is not None
+        self._reset()
+        self._clean = clean
 
     def release(self) -> None:
         """Let go of the response and of the parser (not at the start of a message)."""
@@ -90,6 +98,9 @@ class FastResponseReader:
         self._head_size = 0  # 0 until the head is taken
         self._status = 0
         self._body: list[bytes] = []
+        #: The last response ended cleanly and ``settle`` let it go: llhttp is at the
+        #: start of a message.
+        self._clean = False
         #: The response, once complete.
         self.record: ResponseRecord | None = None
 
@@ -170,7 +181,7 @@ class FastResponseReader:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        body = self._body
+        body, self._body = self._body, []  # (its reads are let go once joined)
         self.record = ResponseRecord(
             status=self._status,
             reason=self._reason,

@@ -31,6 +31,23 @@ def reason_phrase(status: int) -> bytes:
     return _PHRASES.get(status, b"")
 
 
+def framed(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    size: int,
+    *,
+    head: bool,
+    frame_from_body: bool,
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` of an answer with a body of ``size`` bytes (in hand, or streamed in
+    pieces and framed as a whole), with its Content-Length where it has one: not for 1xx,
+    204, 304; to a HEAD (``head``) only with ``frame_from_body`` (an answer framed as
+    the GET answer would be; False keeps an app's own answer to a HEAD as it is)."""
+    if status in NO_BODY_STATUSES or status < 200 or (head and not frame_from_body):
+        return headers
+    return with_content_length(headers, size)
+
+
 def with_content_length(
     headers: list[tuple[bytes, bytes]], length: int
 ) -> list[tuple[bytes, bytes]]:

@@ -17,8 +17,27 @@ MAX_HEADER_BYTES = 32 * KIB
 #: Largest request body stored in the queue. Queue entries live in Redis memory, so the
 #: default is small and explicit; raise it with --max-body.
 MAX_BODY_BYTES = 10 * MIB
-#: Largest app response body recorded; bigger answers are stored as a 502 error record.
-MAX_RESPONSE_BYTES = 64 * MIB
+#: Largest app response body recorded (--max-response); bigger answers are stored as a
+#: 502 error record. A worker holds an answer whole until it is recorded, so this and
+#: --max-inflight-bytes size its memory (README "Memory"): 16 MiB, with the budget
+#: below, fits the 256 MiB limit of the shipped manifests (k8s/base); the original
+#: OpenHQM's own default is 10 MiB.
+MAX_RESPONSE_BYTES = 16 * MIB
+#: Response bytes one process holds at once (--max-inflight-bytes): results being
+#: streamed to clients, wait-mode answers, answers a worker is receiving. The proxy
+#: answers 503 beyond it; the worker reads and claims less. Two maximum answers: a
+#: worker holds ~3 copies of each answer in hand while it records it, so its RSS is
+#: baseline + 3 x (this + --max-response) (bench/memory_budget.py): 43 + 144 MiB,
+#: within the manifests' 256 MiB.
+MAX_INFLIGHT_BYTES = 32 * MIB
+#: A stored result is read from the queue and written to its client in pieces of this
+#: size (GETRANGE), each charged to the budget while in hand: one socket write's worth
+#: (the write buffer's high-water mark), so a reader holds one piece, not the result.
+RESULT_CHUNK_BYTES = 256 * KIB
+#: Bytes the embedded queue holds, requests and results together (--max-queue-bytes):
+#: beyond it, 503 queue full. Without a bound its memory grows with traffic until the
+#: results' TTL; 32 MiB keeps an embedded proxy (its worker included) within 256 MiB.
+MAX_QUEUE_BYTES = 32 * MIB
 #: Time for a client to send a full request head once it started one (slow-loris bound).
 HEADER_TIMEOUT_S = 10.0
 #: Time for the rest of a request body to arrive once the head is in.

@@ -39,10 +39,10 @@ from hqm.proto.framing import (
     NO_BODY_STATUSES,
     answer_bytes,
     client_keeps_alive,
+    framed,
     raw_error,
     reason_phrase,
     too_many_connections,
-    with_content_length,
 )
 from hqm.proto.limits import Limits
 
@@ -249,10 +249,8 @@ class ServerConnection:
         never sent).
         """
         head = self.request_method == b"HEAD"
-        no_body_status = status in NO_BODY_STATUSES or status < 200
-        if not no_body_status and (frame_from_body or not head):
-            headers = with_content_length(headers, len(body))
-        bodyless = head or no_body_status
+        headers = framed(status, headers, len(body), head=head, frame_from_body=frame_from_body)
+        bodyless = head or status in NO_BODY_STATUSES or status < 200
         if reason is None:
             reason = reason_phrase(status)
         if self._request_read():

@@ -9,6 +9,7 @@ backend (``hqm.queue.redis_streams``) both implement it.
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -120,6 +121,39 @@ class DeadLetter:
     dead_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A stored response opened to be read in pieces (``Queue.open_result``): its
+    status and headers (``head``, body empty), its body's length, and ``read(offset,
+    length)``, the body's bytes there (QueueUnavailable when the result went away or
+    changed meanwhile: a reader then breaks off, having sent only true bytes)."""
+
+    head: ResponseRecord
+    size: int
+    read: Callable[[int, int], Awaitable[bytes | memoryview]]
+
+
+def whole_result(record: ResponseRecord) -> StoredResult:
+    """A result held in memory as one record, read in pieces without copying it."""
+    view = memoryview(record.body)
+
+    async def read(offset: int, length: int) -> memoryview:
+        return view[offset : offset + length]
+
+    head = ResponseRecord(
+        record.status,
+        record.reason,
+        record.headers,
+        b"",
+        record.http_version,
+        record.attempts,
+        record.completed_at,
+        record.error,
+        record.request_method,
+    )
+    return StoredResult(head, len(record.body), read)
+
+
 class Queue(abc.ABC):
     """A durable (or, embedded, in-process) request queue with results."""
 
@@ -159,6 +193,13 @@ class Queue(abc.ABC):
     async def fetch_result(self, request_id: str) -> ResponseRecord | None:
         """The stored response, or None while pending or when unknown."""
 
+    async def open_result(self, request_id: str) -> StoredResult | None:
+        """The stored response to be read in pieces (None as ``fetch_result``). This
+        default holds it whole, as ``fetch_result`` returns it (the embedded queue's
+        results are in memory anyway); the Redis backend reads pieces with GETRANGE."""
+        record = await self.fetch_result(request_id)
+        return None if record is None else whole_result(record)
+
     @abc.abstractmethod
     async def wait_result(self, request_id: str, timeout_s: float) -> ResponseRecord | None:
         """The response once recorded, or None after ``timeout_s``.
@@ -171,6 +212,12 @@ class Queue(abc.ABC):
         """Remember the single-use ``token`` (a digest naming it, e.g. a replay token's
         ``spent_id``) for ``ttl_s``: True the first time, False while it is remembered.
         QueueFull when it cannot be remembered (nothing is then to be let through)."""
+
+    async def wait_stored(self, request_id: str, timeout_s: float) -> StoredResult | None:
+        """``wait_result``, the result opened as ``open_result`` opens it (what the
+        proxy answers a waiting client with, streamed)."""
+        record = await self.wait_result(request_id, timeout_s)
+        return None if record is None else whole_result(record)
 
     # --- worker side --------------------------------------------------------
     @abc.abstractmethod

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hqm.proto.envelope import RequestRecord, ResponseRecord, error_response
-from hqm.proto.limits import MAX_SPENT_TOKENS, RESULT_TTL_S
+from hqm.proto.limits import RESULT_TTL_S
 from hqm.queue.base import (
     CancelOutcome,
     DeadLetter,
@@ -31,9 +31,21 @@ from hqm.queue.base import (
     Status,
 )
 from hqm.queue.entry_ids import EntryIds, parse_entry_id
+from hqm.queue.spent import SpentTokens
 
 #: What ``cancel`` may take back: nobody holds it (a queued one is also not pending).
 _CANCELLABLE = frozenset({Status.QUEUED, Status.DELAYED, Status.RETRYING})
+#: What a stored request or result costs besides its bytes (the record, its state, the
+#: dict and list entries naming it), for --max-queue-bytes: measured with tracemalloc
+#: over 10,000 small requests and results (tests/test_memory_budget.py checks it).
+ITEM_OVERHEAD_BYTES = 1024
+
+
+def held_bytes(record: RequestRecord | ResponseRecord) -> int:
+    """What ``record`` counts against --max-queue-bytes."""
+    headers = sum(len(name) + len(value) for name, value in record.headers)
+    target = len(record.target) if isinstance(record, RequestRecord) else 0
+    return ITEM_OVERHEAD_BYTES + len(record.body) + headers + target
 
 
 @dataclass(slots=True)
@@ -51,9 +63,17 @@ class MemoryQueue(Queue):
         max_depth: int = 0,
         result_ttl_s: float = RESULT_TTL_S,
         clock: Callable[[], float] = time.time,
+        max_bytes: int = 0,
     ) -> None:
+        """``max_bytes``: --max-queue-bytes, requests and results held (0: no bound)."""
         self.name = name
         self._max_depth = max_depth
+        self._max_bytes = max_bytes
+        #: What each request (until finished or purged from the dead letters) and each
+        #: result (until it expires) holds, by request id; and their sum.
+        self._record_bytes: dict[str, int] = {}
+        self._result_bytes: dict[str, int] = {}
+        self.held = 0
         self._ttl = result_ttl_s
         self._now = clock
         self._ids = itertools.count(1)
@@ -74,8 +94,7 @@ class MemoryQueue(Queue):
         self._dlq: OrderedDict[tuple[int, int], DeadLetter] = OrderedDict()
         self._dlq_ids = EntryIds()
         self._waiters: dict[str, list[asyncio.Future[ResponseRecord]]] = {}
-        #: Spent single-use tokens, with their expiry (bounded: MAX_SPENT_TOKENS).
-        self._spent: OrderedDict[str, float] = OrderedDict()
+        self._spent = SpentTokens()
         self._arrived = asyncio.Event()
 
     @property
@@ -93,7 +112,7 @@ class MemoryQueue(Queue):
                 same = known[0] == idempotency.fingerprint
                 return Enqueued(request_id=known[1], duplicate=same, conflict=not same)
         if record.not_before > record.received_at:
-            self._check_room()
+            self._check_room(record)
             self._schedule(record, 0, record.not_before, Status.DELAYED)
         else:
             self._add(record, attempt=0)
@@ -102,12 +121,26 @@ class MemoryQueue(Queue):
             self._idempotency[idempotency.key] = (idempotency.fingerprint, record.id, expiry)
         return Enqueued(request_id=record.id)
 
-    def _check_room(self) -> None:
+    def _check_room(self, record: RequestRecord) -> None:
+        """QueueFull past --max-depth or --max-queue-bytes; else ``record`` is held."""
         if self._max_depth and self._depth() >= self._max_depth:
             raise QueueFull(f"queue {self.name!r} holds {self._max_depth} entries")
+        size = held_bytes(record)
+        if self._max_bytes:
+            grows = size - self._record_bytes.get(record.id, 0)
+            if self.held + grows > self._max_bytes:
+                raise QueueFull(f"queue {self.name!r} holds {self.held} of {self._max_bytes} bytes")
+        self._keep(self._record_bytes, record.id, size)
+
+    def _keep(self, table: dict[str, int], request_id: str, size: int) -> None:
+        self.held += size - table.get(request_id, 0)
+        table[request_id] = size
+
+    def _drop(self, table: dict[str, int], request_id: str) -> None:
+        self.held -= table.pop(request_id, 0)
 
     def _add(self, record: RequestRecord, attempt: int) -> str:
-        self._check_room()
+        self._check_room(record)
         return self._append(record, attempt, self._now())
 
     def _append(self, record: RequestRecord, attempt: int, now: float) -> str:
@@ -171,6 +204,7 @@ class MemoryQueue(Queue):
             self._delayed = [item for item in self._delayed if item[2] != key]
             heapq.heapify(self._delayed)
         self._set_state(record, Status.CANCELLED, state.attempts, state.error)
+        self._drop(self._record_bytes, request_id)
         return CancelOutcome.CANCELLED
 
     async def state(self, request_id: str) -> RequestState | None:
@@ -204,18 +238,7 @@ class MemoryQueue(Queue):
                     del self._waiters[request_id]
 
     async def spend(self, token: str, ttl_s: float) -> bool:
-        now = self._now()
-        spent = self._spent
-        # (one TTL for all: insertion order is expiry order, the expired are in front)
-        while spent and next(iter(spent.values())) <= now:
-            spent.popitem(last=False)
-        expiry = spent.get(token)
-        if expiry is not None and expiry > now:
-            return False
-        if len(spent) >= MAX_SPENT_TOKENS:
-            raise QueueFull(f"{MAX_SPENT_TOKENS} spent tokens remembered (replays too fast)")
-        spent[token] = now + ttl_s
-        return True
+        return self._spent.spend(token, ttl_s, self._now())
 
     # --- worker side --------------------------------------------------------
     async def claim(self, consumer: str, count: int, block_s: float) -> list[Delivery]:
@@ -262,6 +285,7 @@ class MemoryQueue(Queue):
         self, record: RequestRecord, response: ResponseRecord, status: Status
     ) -> None:
         self._results[record.id] = (response, self._now() + self._ttl)
+        self._keep(self._result_bytes, record.id, held_bytes(response))
         self._set_state(record, status, response.attempts, response.error)
         for future in self._waiters.pop(record.id, []):
             if not future.done():
@@ -275,6 +299,7 @@ class MemoryQueue(Queue):
         else:
             self._store_result(delivery.record, response, Status.DONE)
         self._ack(delivery.entry_id)
+        self._drop(self._record_bytes, delivery.record.id)
 
     async def retry_later(self, delivery: Delivery, due_at: float, error: str) -> None:
         if delivery.entry_id not in self._entries:
@@ -298,6 +323,8 @@ class MemoryQueue(Queue):
         for store in (self._results, self._states):
             for key in [k for k, (_, exp) in store.items() if exp <= now]:
                 del store[key]
+                if store is self._results:
+                    self._drop(self._result_bytes, key)
         for key in [k for k, (_, _, exp) in self._idempotency.items() if exp <= now]:
             del self._idempotency[key]
 
@@ -342,15 +369,20 @@ class MemoryQueue(Queue):
 
     async def replay_dead_letter(self, entry_id: str) -> bool:
         key = parse_entry_id(entry_id)
-        letter = None if key is None else self._dlq.pop(key, None)
+        letter = None if key is None else self._dlq.get(key)
         if letter is None:
             return False
+        self._add(letter.record, attempt=0)  # (QueueFull: the letter stays where it is)
+        del self._dlq[key]
         self._results.pop(letter.record.id, None)
-        self._add(letter.record, attempt=0)
+        self._drop(self._result_bytes, letter.record.id)
         return True
 
     async def purge_dead_letters(self) -> int:
         count = len(self._dlq)
+        for letter in self._dlq.values():
+            if letter.record.id not in self._located:  # (not queued again since)
+                self._drop(self._record_bytes, letter.record.id)
         self._dlq.clear()
         return count
 

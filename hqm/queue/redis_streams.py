@@ -70,14 +70,9 @@ from hqm.queue.redis_codec import (
 )
 from hqm.queue.redis_conn import connect
 from hqm.queue.redis_dlq import DeadLetters
-from hqm.queue.redis_group import (
-    ConsumerGroup,
-    Entry,
-    decode_entries,
-    read_entries,
-    unpack_claimed,
-)
+from hqm.queue.redis_group import ConsumerGroup, Entry, decode_entries, read_entries, unpack_claimed
 from hqm.queue.redis_refusals import probe_write, refusals
+from hqm.queue.redis_results import PieceReads
 from hqm.queue.redis_scripts import Scripts
 from hqm.queue.redis_wait import Replies, notification
 
@@ -89,7 +84,7 @@ _PROMOTE_LIMIT = 100  # retries moved back per promote_due call
 _MARK_WITHIN_S = 0.1  # a claimed entry shows "processing" within this time
 
 
-class RedisQueue(Queue):
+class RedisQueue(PieceReads, Queue):
     def __init__(
         self,
         url: str,

@@ -99,7 +99,14 @@ class Replies:
         if item is not None:
             self._discard(request_id, item[0])
 
-    async def wait(self, request_id: str, timeout_s: float) -> ResponseRecord | None:
+    async def wait(
+        self,
+        request_id: str,
+        timeout_s: float,
+        fetch: Callable[[str], Awaitable[Any]] | None = None,
+    ) -> Any:
+        """The result a notification carried (a ResponseRecord), or what ``fetch``
+        (default: the one given at construction) read of it; None after ``timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         self._start()
@@ -113,7 +120,7 @@ class Replies:
         try:
             while not self._closed:
                 if not covered:  # also catches a result stored before we registered
-                    result = await self._poll(request_id)
+                    result = await self._poll(request_id, fetch or self._fetch)
                     if result is not None:
                         return result
                 covered = False
@@ -136,9 +143,9 @@ class Replies:
         finally:
             self._discard(request_id, waiter)
 
-    async def _poll(self, request_id: str) -> ResponseRecord | None:
+    async def _poll(self, request_id: str, fetch: Callable[[str], Awaitable[Any]]) -> Any:
         try:
-            return await self._fetch(request_id)
+            return await fetch(request_id)
         except QueueUnavailable as exc:
             log.debug("wait_result poll of %s: %s", request_id, exc)
             return None

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
+from hqm.io.budget import ByteBudget
 from hqm.ops.access_log import AccessLog
 from hqm.ops.metrics import WorkerMetrics
 from hqm.proto.envelope import ResponseRecord
@@ -35,7 +36,7 @@ from hqm.worker.retry import (
 from hqm.worker.sender import Sender, replay_stamp
 from hqm.worker.settings import WorkerSettings
 from hqm.worker.slots import Seat, Slots
-from hqm.worker.upstream import UpstreamError, UpstreamPool
+from hqm.worker.upstream import ANSWER_HOLD, UpstreamError, UpstreamPool
 
 log = logging.getLogger("hqm.worker.loop")
 
@@ -74,8 +75,10 @@ class Worker:
         wall_clock: Callable[[], float] = time.time,
         fleet: FleetGate | None = None,
         access_log: AccessLog | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self._settings = settings
+        self._budget = budget or ByteBudget(settings.max_inflight_bytes)  # (hqm.io.budget)
         self._metrics = metrics
         self._now = wall_clock
         #: Every delivery being worked on, by (queue, entry id), until its outcome is
@@ -183,6 +186,8 @@ class Worker:
         # (at most as many again still being recorded: Redis slow means claims wait too;
         # parked ones wait for an app that is down: they hold no slot)
         free = min(self._slots.free, 2 * concurrency - (len(self._tasks) - parked))
+        if self._budget.answers_over:
+            return 0  # the answers in hand are recorded first (each release wakes us)
         # Every app's breaker open: claim nothing; half-open: one probe each, if none held.
         allowed = 0
         for sender in self._senders.values():
@@ -285,6 +290,8 @@ class Worker:
 
     async def _process(self, lane: Lane, delivery: Delivery, seat: Seat) -> None:
         record = delivery.record
+        hold = self._budget.hold()  # (this task's own context: its answer is charged to it)
+        ANSWER_HOLD.set(hold)
         try:
             await seat.acquire()
             await self._attempt(lane, delivery, seat)
@@ -294,6 +301,7 @@ class Worker:
         except Exception:
             log.exception("worker failed on %s", record.id, extra=log_ids(record))
         finally:
+            hold.release()  # the answer is recorded (or given up): its bytes are free
             self._tasks.pop((lane.name, delivery.entry_id), None)
             seat.finish()
             self._wake.set()

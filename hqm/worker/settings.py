@@ -33,6 +33,8 @@ class WorkerSettings:
     #: How long a request may wait for an app that cannot be reached (no attempt spent).
     max_retry_duration_s: float
     drain_timeout_s: float
+    #: --max-inflight-bytes: the answers this process holds at once (``hqm.io.budget``).
+    max_inflight_bytes: int
     #: Connections to the app: timeouts, pool size.
     pool: PoolSettings
     #: X-Forwarded-* at replay.

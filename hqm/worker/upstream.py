@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from hqm.io.address import Address
+from hqm.io.budget import Hold
 from hqm.proto import limits as L
 from hqm.proto.client import ClientConnection, keep_alive_timeout
 from hqm.proto.envelope import ResponseRecord
@@ -31,16 +33,28 @@ class UpstreamError(Exception):
         self.permanent = permanent
 
 
+#: The budget hold (``--max-inflight-bytes``) the answer of the current task's request
+#: is charged to, until its outcome is recorded (set per delivery by the worker loop;
+#: unset: not counted).
+ANSWER_HOLD: ContextVar[Hold | None] = ContextVar("ANSWER_HOLD", default=None)
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection to the app: received bytes go straight into the
-    sans-IO ClientConnection; the exchange waits on one future (no stream objects)."""
+    sans-IO ClientConnection; the exchange waits on one future (no stream objects).
 
-    __slots__ = ("_received_any", "_waiter", "gone", "proto", "transport")
+    Each read is charged to the exchange's budget hold; past the budget, reading stops
+    (the app's bytes wait in the socket buffers) until bytes come back, except for the
+    oldest answer in hand, which always goes on (``hqm.io.budget``)."""
+
+    __slots__ = ("_hold", "_paused", "_received_any", "_waiter", "gone", "proto", "transport")
 
     def __init__(self, max_response_bytes: int, parser: str) -> None:
         self.proto = ClientConnection(max_response_bytes, parser=parser)
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[ResponseRecord] | None = None
+        self._hold: Hold | None = None
+        self._paused = False
         self._received_any = False
         #: EOF, connection lost, or bytes nobody asked for: never reuse.
         self.gone = False
@@ -48,8 +62,10 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def exchange(self, data: bytes, waiter: asyncio.Future[ResponseRecord]) -> None:
-        self._waiter, self._received_any = waiter, False
+    def exchange(
+        self, data: bytes, waiter: asyncio.Future[ResponseRecord], hold: Hold | None = None
+    ) -> None:
+        self._waiter, self._received_any, self._hold = waiter, False, hold
         assert self.transport is not None
         try:
             self.transport.write(data)
@@ -58,7 +74,26 @@ class _Conn(asyncio.Protocol):
             waiter.set_exception(_StaleConnection())
 
     def done(self) -> None:
-        self._waiter = None
+        self._waiter, self._hold = None, None
+        if self._paused:
+            self._resume()
+
+    def _pause(self, hold: Hold) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._paused = True
+            self.transport.pause_reading()
+            hold.when_free(self._resume)
+
+    def _resume(self) -> None:
+        if not self._paused:
+            return
+        hold = self._hold
+        if hold is not None and hold.blocked:
+            hold.when_free(self._resume)  # another answer took what came back
+            return
+        self._paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         waiter = self._waiter
@@ -66,6 +101,11 @@ class _Conn(asyncio.Protocol):
             self.gone = True  # bytes after the response or while idle: a desync
             return
         self._received_any = True
+        hold = self._hold
+        if hold is not None:
+            hold.charge(len(data))
+            if hold.blocked and not self._paused:
+                self._pause(hold)
         try:
             response = self.proto.receive_data(data)
         except ProtocolError as exc:
@@ -267,7 +307,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[ResponseRecord] = loop.create_future()
         timer = loop.call_later(timeout_s, _expire, waiter)
-        conn.exchange(data, waiter)
+        conn.exchange(data, waiter, ANSWER_HOLD.get())
         try:
             response = await waiter
         except _StaleConnection:
@@ -313,3 +353,12 @@ def _stamped(
 
 class _StaleConnection(Exception):
     """A connection died before any byte of a response: the app did not take it."""
+
+
+def upstream_pools(
+    upstream: Address, upstreams: Mapping[str, Address], settings: PoolSettings | None
+) -> dict[str, UpstreamPool]:
+    """A pool per app a worker may call: "default" (``--upstream``) and each of
+    ``[upstreams]``. No connection is made before the first request."""
+    addresses = {**upstreams, "default": upstream}
+    return {name: UpstreamPool(address, settings) for name, address in addresses.items()}

@@ -1,0 +1,43 @@
+"""The memory options (README "Memory"): the worker's largest answer, the budget of
+response bytes in flight of one process; and the queue's bounds (--max-depth, and the
+embedded queue's --max-queue-bytes).
+
+They belong to the proxy's and worker's tables (``hqm.config.tables`` lists them); a
+module of their own keeps that one small.
+"""
+
+from __future__ import annotations
+
+from hqm.config.options import Option, integer
+from hqm.proto import limits as L
+
+MAX_RESPONSE = Option(
+    "max-response",
+    "bytes",
+    L.MAX_RESPONSE_BYTES,
+    "Largest app answer recorded; a bigger one is recorded as a 502.",
+    integer(low=1, high=1 << 40),
+)
+MAX_INFLIGHT = Option(
+    "max-inflight-bytes",
+    "bytes",
+    L.MAX_INFLIGHT_BYTES,
+    "Response bytes the process holds at once (results being read, wait-mode answers, "
+    "answers being received): the proxy answers 503 beyond it, the worker reads slower.",
+    integer(low=L.RESULT_CHUNK_BYTES, high=1 << 40),
+    shared=True,
+)
+#: ``hqm proxy``'s bounds of its queue: entries waiting (any backend), bytes held (the
+#: embedded queue: an option of its in-process worker's, refused with --redis).
+QUEUE_BOUNDS = (
+    Option("max-depth", "int", 0, "Backlog limit (503); 0 = none.", integer(low=0, high=1 << 40)),
+    Option(
+        "max-queue-bytes",
+        "bytes",
+        L.MAX_QUEUE_BYTES,
+        "Bytes held, requests and results together (503 queue full beyond); 0 = no bound. "
+        "(embedded queue only)",
+        integer(low=0, high=1 << 40),
+        embedded_worker=True,
+    ),
+)
