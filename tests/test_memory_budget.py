@@ -29,7 +29,8 @@ from hqm.io.budget import ByteBudget
 from hqm.proto.envelope import RequestRecord, ResponseRecord
 from hqm.queue.base import Delivery
 from hqm.queue.keys import QueueKeys
-from hqm.queue.memory import MemoryQueue, held_bytes
+from hqm.queue.memory import MemoryQueue
+from hqm.queue.memory_bytes import HeldBytes, held_bytes
 from tests.redis_server import RedisServer, command, redis_server
 from tests.support import (
     Answer,
@@ -319,6 +320,40 @@ def test_the_embedded_queue_answers_503_queue_full_past_max_queue_bytes() -> Non
         assert wait_until(lambda: request(hqm.port, b"POST", b"/", [], body).status == 202)
     finally:
         gate.set()
+        hqm.terminate()
+        app.close()
+
+
+def test_results_make_room_for_requests_oldest_first_and_only_requests_fill_the_queue():
+    bound = HeldBytes(1000)
+    assert bound.add_request("r1", 300) == [] and bound.add_request("r2", 300) == []
+    bound.drop_request("r1")  # done: its result is held instead
+    assert bound.add_result("r1", 200) == []
+    assert bound.add_result("r3", 200) == []  # 300 + 200 + 200 = 700 held
+    assert bound.add_request("r4", 400) == ["r1"]  # the oldest result goes, no more
+    assert bound.held == 900 and bound.evicted == 1
+    # Requests alone leave no room: refused, and no result is let go for nothing.
+    assert bound.add_request("r5", 900) is None
+    assert bound.held == 900 and bound.evicted == 1
+    assert bound.add_result("r6", 300) == ["r3"]  # a result always goes in
+    assert HeldBytes(0).add_request("any", 1 << 40) == []  # 0: no bound
+
+
+def test_a_busy_embedded_proxy_lets_old_results_go_not_new_requests() -> None:
+    app = Backend(lambda seen: Answer(200, [], b"r" * (50 * KIB)))
+    hqm = proxy(app.address, "--max-queue-bytes", str(1 * MIB), "--concurrency", "1")
+    try:
+        ids = []
+        for _ in range(40):  # 40 results of 51 KiB: twice the bound
+            response = request(hqm.port, b"POST", b"/", [(b"Prefer", b"wait=10")], b"x")
+            assert response.status == 200, response  # every request accepted and answered
+            ids.append(response.header(b"HQM-Request-Id").decode())
+        first = request(hqm.port, b"GET", b"/_hqm/requests/" + ids[0].encode())
+        last = request(hqm.port, b"GET", b"/_hqm/requests/" + ids[-1].encode())
+        assert (first.status, last.status) == (404, 200)
+        assert len(last.body) == 50 * KIB
+        assert "the oldest results are dropped" in hqm.log()
+    finally:
         hqm.terminate()
         app.close()
 

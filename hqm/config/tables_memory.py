@@ -35,8 +35,8 @@ QUEUE_BOUNDS = (
         "max-queue-bytes",
         "bytes",
         L.MAX_QUEUE_BYTES,
-        "Bytes held, requests and results together (503 queue full beyond); 0 = no bound. "
-        "(embedded queue only)",
+        "Bytes held, requests and results together: past it the oldest results go before "
+        "--result-ttl, then requests get 503 queue full; 0 = no bound. (embedded queue only)",
         integer(low=0, high=1 << 40),
         embedded_worker=True,
     ),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -31,21 +32,13 @@ from hqm.queue.base import (
     Status,
 )
 from hqm.queue.entry_ids import EntryIds, parse_entry_id
+from hqm.queue.memory_bytes import HeldBytes, held_bytes
 from hqm.queue.spent import SpentTokens
+
+log = logging.getLogger(__name__)
 
 #: What ``cancel`` may take back: nobody holds it (a queued one is also not pending).
 _CANCELLABLE = frozenset({Status.QUEUED, Status.DELAYED, Status.RETRYING})
-#: What a stored request or result costs besides its bytes (the record, its state, the
-#: dict and list entries naming it), for --max-queue-bytes: measured with tracemalloc
-#: over 10,000 small requests and results (tests/test_memory_budget.py checks it).
-ITEM_OVERHEAD_BYTES = 1024
-
-
-def held_bytes(record: RequestRecord | ResponseRecord) -> int:
-    """What ``record`` counts against --max-queue-bytes."""
-    headers = sum(len(name) + len(value) for name, value in record.headers)
-    target = len(record.target) if isinstance(record, RequestRecord) else 0
-    return ITEM_OVERHEAD_BYTES + len(record.body) + headers + target
 
 
 @dataclass(slots=True)
@@ -68,12 +61,7 @@ class MemoryQueue(Queue):
         """``max_bytes``: --max-queue-bytes, requests and results held (0: no bound)."""
         self.name = name
         self._max_depth = max_depth
-        self._max_bytes = max_bytes
-        #: What each request (until finished or purged from the dead letters) and each
-        #: result (until it expires) holds, by request id; and their sum.
-        self._record_bytes: dict[str, int] = {}
-        self._result_bytes: dict[str, int] = {}
-        self.held = 0
+        self._bytes = HeldBytes(max_bytes)
         self._ttl = result_ttl_s
         self._now = clock
         self._ids = itertools.count(1)
@@ -125,19 +113,29 @@ class MemoryQueue(Queue):
         """QueueFull past --max-depth or --max-queue-bytes; else ``record`` is held."""
         if self._max_depth and self._depth() >= self._max_depth:
             raise QueueFull(f"queue {self.name!r} holds {self._max_depth} entries")
-        size = held_bytes(record)
-        if self._max_bytes:
-            grows = size - self._record_bytes.get(record.id, 0)
-            if self.held + grows > self._max_bytes:
-                raise QueueFull(f"queue {self.name!r} holds {self.held} of {self._max_bytes} bytes")
-        self._keep(self._record_bytes, record.id, size)
+        evict = self._bytes.add_request(record.id, held_bytes(record))
+        if evict is None:
+            held, most = self._bytes.held, self._bytes.max_bytes
+            raise QueueFull(f"queue {self.name!r} holds {held} of {most} bytes")
+        self._let_go(evict)
 
-    def _keep(self, table: dict[str, int], request_id: str, size: int) -> None:
-        self.held += size - table.get(request_id, 0)
-        table[request_id] = size
+    @property
+    def held(self) -> int:
+        """Bytes held, requests and results (hqm.queue.memory_bytes)."""
+        return self._bytes.held
 
-    def _drop(self, table: dict[str, int], request_id: str) -> None:
-        self.held -= table.pop(request_id, 0)
+    def _let_go(self, results: list[str]) -> None:
+        """Results let go before their TTL to make room (--max-queue-bytes)."""
+        if results and self._bytes.evicted == len(results):  # the first ones
+            log.warning(
+                "embedded queue %r holds --max-queue-bytes (%d): the oldest results are "
+                "dropped before --result-ttl from now on (not logged again)",
+                self.name,
+                self._bytes.max_bytes,
+            )
+        for request_id in results:  # (its state too: it was counted with the result)
+            self._results.pop(request_id, None)
+            self._states.pop(request_id, None)
 
     def _add(self, record: RequestRecord, attempt: int) -> str:
         self._check_room(record)
@@ -204,7 +202,7 @@ class MemoryQueue(Queue):
             self._delayed = [item for item in self._delayed if item[2] != key]
             heapq.heapify(self._delayed)
         self._set_state(record, Status.CANCELLED, state.attempts, state.error)
-        self._drop(self._record_bytes, request_id)
+        self._bytes.drop_request(request_id)
         return CancelOutcome.CANCELLED
 
     async def state(self, request_id: str) -> RequestState | None:
@@ -284,8 +282,8 @@ class MemoryQueue(Queue):
     def _store_result(
         self, record: RequestRecord, response: ResponseRecord, status: Status
     ) -> None:
+        self._let_go(self._bytes.add_result(record.id, held_bytes(response)))
         self._results[record.id] = (response, self._now() + self._ttl)
-        self._keep(self._result_bytes, record.id, held_bytes(response))
         self._set_state(record, status, response.attempts, response.error)
         for future in self._waiters.pop(record.id, []):
             if not future.done():
@@ -299,7 +297,7 @@ class MemoryQueue(Queue):
         else:
             self._store_result(delivery.record, response, Status.DONE)
         self._ack(delivery.entry_id)
-        self._drop(self._record_bytes, delivery.record.id)
+        self._bytes.drop_request(delivery.record.id)
 
     async def retry_later(self, delivery: Delivery, due_at: float, error: str) -> None:
         if delivery.entry_id not in self._entries:
@@ -324,7 +322,7 @@ class MemoryQueue(Queue):
             for key in [k for k, (_, exp) in store.items() if exp <= now]:
                 del store[key]
                 if store is self._results:
-                    self._drop(self._result_bytes, key)
+                    self._bytes.drop_result(key)
         for key in [k for k, (_, _, exp) in self._idempotency.items() if exp <= now]:
             del self._idempotency[key]
 
@@ -375,14 +373,14 @@ class MemoryQueue(Queue):
         self._add(letter.record, attempt=0)  # (QueueFull: the letter stays where it is)
         del self._dlq[key]
         self._results.pop(letter.record.id, None)
-        self._drop(self._result_bytes, letter.record.id)
+        self._bytes.drop_result(letter.record.id)
         return True
 
     async def purge_dead_letters(self) -> int:
         count = len(self._dlq)
         for letter in self._dlq.values():
             if letter.record.id not in self._located:  # (not queued again since)
-                self._drop(self._record_bytes, letter.record.id)
+                self._bytes.drop_request(letter.record.id)
         self._dlq.clear()
         return count
 
