@@ -255,6 +255,34 @@ def test_past_the_budget_a_reader_gets_503_retry_after_and_a_waiting_client_its_
         app.close()
 
 
+def test_a_reader_that_takes_nothing_is_cut_off_and_its_budget_comes_back(
+    redis_server: RedisServer,
+) -> None:
+    """--send-timeout: a client that stops reading a large result holds its share of the
+    budget only that long (else a few stalled readers would shut the results API)."""
+    big = body_of(16 * MIB)
+    app = Backend(lambda seen: Answer(200, [], big))
+    url = redis_server.url
+    budget = ("--max-inflight-bytes", str(512 * KIB), "--send-timeout", "1")
+    hqm = proxy(app.address, "--redis", url, *budget)
+    work = worker(url, app.address, "--max-response", str(len(big)))
+    try:
+        rid = submit(hqm.port)
+        target = b"/_hqm/requests/" + rid.encode()
+        assert poll_result(hqm.port, rid).status == 200
+        never = threading.Event()
+        stalled = SlowReader(hqm.port, target, never)  # reads nothing more, ever
+        assert request(hqm.port, b"GET", target).status == 503  # it holds the budget
+        # Cut off once it took nothing for a second: the budget is back for others.
+        assert wait_until(lambda: request(hqm.port, b"GET", target).status == 200, 30)
+        never.set()
+        assert stalled.join().broken  # its answer ended cut short, never passed as whole
+    finally:
+        work.terminate()
+        hqm.terminate()
+        app.close()
+
+
 def test_a_result_that_goes_away_mid_read_cuts_the_connection_never_the_body(
     redis_server: RedisServer,
 ) -> None:

@@ -126,6 +126,7 @@ def proxy_settings(values: Effective) -> ProxySettings:
             max_body_bytes=values["max-body"],
             header_timeout_s=values["header-timeout"],
             body_timeout_s=values["body-timeout"],
+            send_timeout_s=values["send-timeout"],
             idle_timeout_s=values["idle-timeout"],
         ),
         max_depth=values["max-depth"],

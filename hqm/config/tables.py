@@ -28,7 +28,7 @@ from hqm.config.options import (
 )
 from hqm.config.tables_admission import ADMISSION
 from hqm.config.tables_logs import ACCESS_LOG
-from hqm.config.tables_memory import MAX_INFLIGHT, MAX_RESPONSE, QUEUE_BOUNDS
+from hqm.config.tables_memory import MAX_INFLIGHT, MAX_RESPONSE, PROXY_MEMORY, QUEUE_BOUNDS
 from hqm.config.tables_openhqm import OPENHQM_API
 from hqm.config.tables_parser import PARSER
 from hqm.config.tables_processes import PROCESSES
@@ -277,7 +277,7 @@ PROXY = Command(
             integer(low=1024, high=1 << 24),
         ),
         *QUEUE_BOUNDS,
-        MAX_INFLIGHT,
+        *PROXY_MEMORY,
         Option(
             "header-timeout",
             "seconds",

@@ -8,7 +8,7 @@ module of their own keeps that one small.
 
 from __future__ import annotations
 
-from hqm.config.options import Option, integer
+from hqm.config.options import Option, integer, number
 from hqm.proto import limits as L
 
 MAX_RESPONSE = Option(
@@ -27,6 +27,16 @@ MAX_INFLIGHT = Option(
     integer(low=L.RESULT_CHUNK_BYTES, high=1 << 40),
     shared=True,
 )
+SEND_TIMEOUT = Option(
+    "send-timeout",
+    "seconds",
+    L.SEND_TIMEOUT_S,
+    "A client that takes nothing of a streamed answer (a result, a pass-through answer) "
+    "for this long is cut off, freeing its share of --max-inflight-bytes.",
+    number(low=0.0, high=365 * 24 * 3600.0, low_open=True),
+)
+#: The proxy's: its budget, and how long a reader that reads nothing may hold its part.
+PROXY_MEMORY = (MAX_INFLIGHT, SEND_TIMEOUT)
 #: ``hqm proxy``'s bounds of its queue: entries waiting (any backend), bytes held (the
 #: embedded queue: an option of its in-process worker's, refused with --redis).
 QUEUE_BOUNDS = (

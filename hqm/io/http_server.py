@@ -99,6 +99,7 @@ class HttpProtocol(StreamingMixin, asyncio.Protocol):
         #: The streamed body being received (pass-through), and the answer's drain wait.
         self._body: BodyStream | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._send_timer: Timer | None = None  # (--send-timeout, while _drained waits)
         self._transport: asyncio.Transport | None = None
         self._peer = Peer("", 0)
         #: The answer being prepared for the current request (a Task for a coroutine

@@ -51,6 +51,9 @@ class StreamingMixin:
     _pending: asyncio.Future[Any] | None
     _body: BodyStream | None
     _drained: asyncio.Future[None] | None
+    _send_timer: Any
+    _clock: Any
+    _limits: Any
     _write_paused: bool
     _lingering: bool
     _served: bool
@@ -92,6 +95,9 @@ class StreamingMixin:
             reply.release()
 
     def _wake_writer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._drained = None
@@ -151,6 +157,8 @@ class StreamingMixin:
             return None
         if self._drained is None:
             self._drained = asyncio.get_running_loop().create_future()
+            # Taking nothing for --send-timeout: cut off (what it holds goes back).
+            self._send_timer = self._clock.call_later(self._limits.send_timeout_s, self.abort)
         return self._drained
 
     def end_response(self) -> None:

@@ -42,6 +42,10 @@ MAX_QUEUE_BYTES = 32 * MIB
 HEADER_TIMEOUT_S = 10.0
 #: Time for the rest of a request body to arrive once the head is in.
 BODY_TIMEOUT_S = 30.0
+#: A client that takes nothing of a streamed answer (a stored result, a pass-through
+#: answer) for this long while our send buffer is full is cut off: it would otherwise
+#: hold its share of --max-inflight-bytes for ever. nginx's send_timeout is 60 s.
+SEND_TIMEOUT_S = 60.0
 #: Idle keep-alive connection lifetime; Envoy's default idle timeout is 1 h, nginx 75 s.
 IDLE_TIMEOUT_S = 75.0
 #: Default hold for wait mode when the route says `wait` without a number.
@@ -110,6 +114,7 @@ class Limits:
     max_body_bytes: int = MAX_BODY_BYTES
     header_timeout_s: float = HEADER_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
+    send_timeout_s: float = SEND_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
     write_high_water: int = WRITE_HIGH_WATER
     linger_timeout_s: float = LINGER_TIMEOUT_S
