@@ -29,6 +29,7 @@ from hqm.proto.limits import Limits
 from hqm.queue.base import FleetLimits, Queue, QueueUnavailable
 from hqm.queue.memory import MemoryQueue
 from hqm.queue.memory_limits import MemoryLimits
+from hqm.worker.embedded_drain import drain_embedded
 from hqm.worker.fleet import FleetGate
 from hqm.worker.loop import Worker
 from hqm.worker.queues import QueueSet
@@ -200,7 +201,8 @@ async def run_proxy(
     on_ready: Callable[[Bound], None] | None = None,
     clock: Clock | None = None,
     reuse_port: bool = False,
-) -> None:
+) -> int:
+    """Serve until ``stop``; return the embedded queue's requests left undelivered."""
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     queue = await open_queue(
@@ -309,11 +311,10 @@ async def run_proxy(
         on_ready(bound)
     await stop.wait()
     log.info("draining", extra={"timeout_s": settings.drain_timeout_s})
+    deadline = asyncio.get_running_loop().time() + settings.drain_timeout_s
     server.close()
     await tracker.drain(settings.drain_timeout_s, release=handler.waits.release)
-    if worker is not None and worker_task is not None:
-        worker.stop()
-        await worker_task
+    undelivered = await drain_embedded(queue, worker, worker_task, deadline)
     await passthrough.close()
     for extra in {id(q): q for q in queues.values() if q is not queue}.values():
         await extra.close()
@@ -322,6 +323,7 @@ async def run_proxy(
     await _close(admin, admin_tracker, pools.values(), [queue])
     access_log.close()
     log.info("stopped")
+    return undelivered
 
 
 async def run_worker(
