@@ -21,14 +21,16 @@ from hqm.io.fdlimit import connection_limit, raise_nofile
 from hqm.io.http_server import ConnectionTracker, Routing, serve
 from hqm.ops.access_log import AccessLog
 from hqm.ops.admin import AdminHandler
+from hqm.ops.due_promoter import DuePromoter
 from hqm.ops.metrics import ProxyMetrics, QueueMetrics, WorkerMetrics
 from hqm.ops.queue_gauges import QueueGauges, StatsSettings
 from hqm.ops.readiness import Readiness
 from hqm.proto.fast_server import engine_name
 from hqm.proto.limits import Limits
-from hqm.queue.base import FleetLimits, Queue, QueueUnavailable
+from hqm.queue.base import FleetLimits, Queue, QueueUnavailable, distinct
 from hqm.queue.memory import MemoryQueue
 from hqm.queue.memory_limits import MemoryLimits
+from hqm.worker.embedded_drain import drain_embedded
 from hqm.worker.fleet import FleetGate
 from hqm.worker.loop import Worker
 from hqm.worker.queues import QueueSet
@@ -169,11 +171,6 @@ def _queue_gauges(
     return gauges
 
 
-def _distinct(queues: Iterable[Queue]) -> list[Queue]:
-    """Each queue object once, in order (several names may share one embedded queue)."""
-    return list({id(queue): queue for queue in queues}.values())
-
-
 async def _close(
     admin: asyncio.Server | None,
     admin_tracker: ConnectionTracker,
@@ -200,7 +197,8 @@ async def run_proxy(
     on_ready: Callable[[Bound], None] | None = None,
     clock: Clock | None = None,
     reuse_port: bool = False,
-) -> None:
+) -> int:
+    """Serve until ``stop``; return the embedded queue's requests left undelivered."""
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     queue = await open_queue(
@@ -244,7 +242,7 @@ async def run_proxy(
         worker_metrics = WorkerMetrics(registry)
         # Every distinct queue the proxy writes to (embedded: the one), in priority order.
         worker = Worker(
-            queues=_distinct(queues.values()),
+            queues=distinct(queues.values()),
             pools=pools,
             settings=embedded,
             fleet=_fleet(embedded, None, settings.queue, worker_metrics),
@@ -265,6 +263,8 @@ async def run_proxy(
     gauges = _queue_gauges(
         settings.redis_url, tuple(queues), registry, settings.stats, metrics.queue_depth
     )
+    # Due delayed requests and retries into the stream: a scaler sees them (no worker may run).
+    due = DuePromoter(queues.values()).start() if settings.redis_url else None
 
     handler = ProxyHandler(
         queue=queue,
@@ -309,11 +309,12 @@ async def run_proxy(
         on_ready(bound)
     await stop.wait()
     log.info("draining", extra={"timeout_s": settings.drain_timeout_s})
+    deadline = asyncio.get_running_loop().time() + settings.drain_timeout_s
     server.close()
     await tracker.drain(settings.drain_timeout_s, release=handler.waits.release)
-    if worker is not None and worker_task is not None:
-        worker.stop()
-        await worker_task
+    undelivered = await drain_embedded(queue, worker, worker_task, deadline)
+    if due is not None:
+        await due.close()
     await passthrough.close()
     for extra in {id(q): q for q in queues.values() if q is not queue}.values():
         await extra.close()
@@ -322,6 +323,7 @@ async def run_proxy(
     await _close(admin, admin_tracker, pools.values(), [queue])
     access_log.close()
     log.info("stopped")
+    return undelivered
 
 
 async def run_worker(

@@ -299,3 +299,16 @@ def test_the_embedded_queue_delays_and_cancels(app: Backend):
         assert [s.target for s in app.seen] == [b"/marker"]
     finally:
         hqm.terminate()
+
+
+def test_the_202_of_a_delayed_request_says_delayed_and_when(redis_server, app, spawn: Spawner):
+    embedded = proxy(app.address)
+    spawn.procs.append(embedded)
+    for hqm in (spawn.proxy(app.address, redis_server.url), embedded):
+        accepted = request(hqm.port, b"POST", b"/later", [(b"HQM-Delay", b"3600")], b"x")
+        body = accepted.json()
+        assert (accepted.status, body["status"]) == (202, "delayed")
+        assert body["location"] == accepted.header(b"Location").decode()
+        assert body["not_before"] == _get(hqm.port, body["id"]).json()["not_before"]
+        now = request(hqm.port, b"POST", b"/now", body=b"x").json()
+        assert now["status"] == "queued" and "not_before" not in now

@@ -27,6 +27,7 @@ def test_flag_tables_are_the_options_tables():
 #: Flags the README may name that are not settings: action switches and other tools'.
 _NOT_SETTINGS = {"--json", "--yes", "--all", "--help", "--data-binary", "--rounds"}
 _NOT_SETTINGS |= {"--duration", "--no-forwarded-headers", "--version", "--some-flag"}
+_NOT_SETTINGS |= {"--target"}  # docker build's (the transparent overlay's init image)
 _NOT_SETTINGS |= {"--client"}  # `hqm routes test`: part of the request it describes
 _NOT_SETTINGS |= {"--configs", "--baseline"}  # flags of the benches (bench/*.py)
 
@@ -86,3 +87,46 @@ def test_the_example_app_takes_the_readme_post():
     finally:
         app.kill()
         app.wait()
+
+
+def _section(title: str) -> str:
+    start = README.index(title)
+    return README[start : README.find("\n#", start)]
+
+
+def test_the_migration_map_names_commands_files_and_keys_that_exist():
+    from hqm.queue.keys import QueueKeys
+
+    table = _section("Where the original's commands are now").split("\n\n")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) == 3, rows
+    named = [code for row in rows for code in re.findall(r"`([^`]+)`", row.split(" | ")[1])]
+    assert f"redis-cli XLEN '{QueueKeys('default').stream}'" in named
+    for code in named:
+        words = shlex.split(code)
+        if words[0] == "hqm":  # its subcommand, with the options the README gives it
+            run = [sys.executable, "-m", "hqm", words[1], "--help"]
+            assert subprocess.run(run, capture_output=True).returncode == 0, code
+            assert all(
+                w.split("=")[0] in subprocess.check_output(run, text=True) for w in words[2::2]
+            )
+        elif words[0] in ("kubectl", "docker"):
+            assert all((ROOT / w).exists() for w in words if "/" in w), code
+        elif "/" in code or code.endswith(".yml"):
+            assert (ROOT / code).exists(), code
+    assert (ROOT / "docker-compose.yml").exists()
+
+
+def test_the_deploy_steps_name_what_the_manifests_need():
+    base = (ROOT / "k8s/base/kustomization.yaml").read_text()
+    for name in re.findall(r"in ([\w.-]+\.yaml)\)", base):
+        assert (ROOT / "k8s/base" / name).exists(), name
+    version = re.search(r"Kubernetes >= (\d+\.\d+)", base).group(1)
+    deploy = _section("## Deploy on Kubernetes")
+    assert f"Kubernetes >= {version}" in deploy
+    assert set(re.findall(r"Kubernetes >= (\d+\.\d+)", deploy)) == {version}
+    assert "ServiceMonitor CRD" in deploy and "servicemonitor.yaml" in base
+    init = re.search(r"docker build --target (\S+) -t (\S+):", deploy)
+    assert init is not None and f" AS {init.group(1)}" in (ROOT / "Dockerfile").read_text()
+    overlay = (ROOT / "k8s/overlays/transparent/kustomization.yaml").read_text()
+    assert f"name: {init.group(2)}" in overlay

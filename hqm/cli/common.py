@@ -93,7 +93,8 @@ def build_or_exit(build: Callable[[], Any]) -> Any:
         raise UsageFailure(str(exc)) from None
 
 
-def run(coro: Any) -> None:
+def run(coro: Any) -> Any:
+    """Run ``coro`` on uvloop; its result."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -101,7 +102,7 @@ def run(coro: Any) -> None:
     else:
         runner = uvloop.run
     try:
-        runner(coro)
+        return runner(coro)
     except ListenError as exc:
         raise click.ClickException(str(exc)) from None
     except StartError as exc:  # found while starting, e.g. a --redis URL redis-py refuses

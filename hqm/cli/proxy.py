@@ -18,6 +18,10 @@ from hqm.config.openhqm_env import log_ignored
 from hqm.config.tables import PROXY
 from hqm.ops.logs import setup as setup_logging
 
+#: The exit status of a proxy that stopped with accepted requests undelivered (its
+#: embedded queue was not empty by --drain-timeout); 2 is a usage error.
+EXIT_UNDELIVERED = 1
+
 
 @click.command()
 @table_options(PROXY)
@@ -41,4 +45,6 @@ def proxy(**flags) -> None:
     from hqm.assembly import run_proxy
 
     # (a supervisor's child shares the port with its siblings)
-    run(run_proxy(settings, reuse_port=child is not None))
+    undelivered = run(run_proxy(settings, reuse_port=child is not None))
+    if undelivered:  # (embedded queue: accepted requests lost at exit, logged)
+        raise SystemExit(EXIT_UNDELIVERED)

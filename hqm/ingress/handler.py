@@ -17,8 +17,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import orjson
-
 from hqm.ingress.admission import AdmissionError, admit
 from hqm.ingress.caller import owner
 from hqm.ingress.held import HeldWaits
@@ -27,9 +25,8 @@ from hqm.ingress.openhqm_api import OpenHqmApi
 from hqm.ingress.passthrough import PassThrough
 from hqm.ingress.replay_gate import ReplayGate
 from hqm.ingress.results_api import API_PREFIX as _API_PREFIX
-from hqm.ingress.results_api import JSON as _JSON
-from hqm.ingress.results_api import REQUESTS_PATH, ResultsApi, queue_failure
 from hqm.ingress.results_api import RETRY_AFTER as _RETRY_AFTER
+from hqm.ingress.results_api import ResultsApi, accepted_reply, queue_failure
 from hqm.ingress.results_api import Trouble as _Trouble
 from hqm.ingress.results_api import json_reply as _json_reply
 from hqm.ingress.routes import Decision, Route
@@ -42,7 +39,7 @@ from hqm.ops.access_log import AccessLog, ResponseTap, proxy_entry, request_id_o
 from hqm.ops.metrics import ProxyMetrics
 from hqm.ops.readiness import Readiness
 from hqm.proto.envelope import RequestRecord
-from hqm.proto.headers import REQUEST_ID, header_value
+from hqm.proto.headers import header_value
 from hqm.proto.prefer import parse_prefer
 from hqm.proto.replay_token import HEADER
 from hqm.proto.server import RequestHead
@@ -272,7 +269,8 @@ class ProxyHandler:
                 # No budget for it now: the async answer; the result waits, stored.
             mode, applied = "async", b""
         self._count(mode, "accepted")
-        return self._accepted(request_id, mode, applied)
+        delayed = record.not_before > received_at and not enqueued.duplicate
+        return accepted_reply(request_id, mode, applied, record.not_before if delayed else 0.0)
 
     def _enqueue_failed(self, mode: str, exc: QueueError) -> Reply:
         """503: "queue full" (--max-depth, or Redis at maxmemory) and "queue refused the
@@ -386,14 +384,3 @@ class ProxyHandler:
             return "wait", wait_s, b"wait=%d" % int(wait_s)
         mode = route.mode or self._settings.mode
         return mode, self._settings.wait_s if route.wait_s is None else route.wait_s, b""
-
-    def _accepted(self, request_id: str, mode: str, applied: bytes) -> Reply:
-        headers = [_JSON, (REQUEST_ID, request_id.encode())]
-        payload: dict[str, str] = {"id": request_id, "status": "accepted"}
-        if mode != "fire":
-            location = (REQUESTS_PATH + request_id.encode()).decode()
-            headers.append((b"Location", location.encode()))
-            payload = {"id": request_id, "status": "queued", "location": location}
-        if applied:
-            headers.append((b"Preference-Applied", applied))
-        return Reply(202, headers, orjson.dumps(payload))

@@ -38,7 +38,7 @@ from hqm.io.http_server import Reply
 from hqm.io.http_streaming import StreamedReply
 from hqm.io.streams import AnswerBroken, ResponseStream
 from hqm.proto.envelope import ResponseRecord
-from hqm.proto.headers import result_response_headers
+from hqm.proto.headers import REQUEST_ID, result_response_headers
 from hqm.proto.limits import RESULT_CHUNK_BYTES, RETRY_AFTER_S
 from hqm.proto.server import RequestHead
 from hqm.queue.base import (
@@ -85,6 +85,22 @@ def queue_failure(exc: QueueError) -> tuple[str, dict]:
     if isinstance(exc, QueueRefused):
         return "write_refused", REFUSED
     return "unavailable", UNAVAILABLE
+
+
+def accepted_reply(request_id: str, mode: str, applied: bytes, not_before: float) -> Reply:
+    """The 202 of a stored request: its id, where its result will be (but in fire mode),
+    and for a delayed one status ``delayed`` with ``not_before`` (epoch s, as GET says)."""
+    headers = [JSON, (REQUEST_ID, request_id.encode())]
+    payload: dict = {"id": request_id, "status": "accepted"}
+    if mode != "fire":
+        location = (REQUESTS_PATH + request_id.encode()).decode()
+        headers.append((b"Location", location.encode()))
+        payload = {"id": request_id, "status": Status.QUEUED.value, "location": location}
+    if not_before:
+        payload.update(status=Status.DELAYED.value, not_before=not_before)
+    if applied:
+        headers.append((b"Preference-Applied", applied))
+    return Reply(202, headers, orjson.dumps(payload))
 
 
 def busy_reply() -> Reply:

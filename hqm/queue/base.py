@@ -9,7 +9,7 @@ backend (``hqm.queue.redis_streams``) both implement it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -288,6 +288,11 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+def distinct(queues: Iterable[Queue]) -> list[Queue]:
+    """Each queue object once, in order (several names may share one embedded queue)."""
+    return list({id(queue): queue for queue in queues}.values())
 
 
 #: The fleet's enforced rate (AIMD, Cloud Tasks' "enforced rate"): halved at most this
