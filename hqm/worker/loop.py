@@ -23,6 +23,7 @@ from hqm.proto.headers import (
 from hqm.queue.base import Delivery, Queue, QueueError
 from hqm.worker.claims import Claimed, Claimer, Lane
 from hqm.worker.fleet import FleetGate
+from hqm.worker.outage import Outage, QueueUnreachable
 from hqm.worker.outcomes import Outcomes, log_ids
 from hqm.worker.queues import ClaimOrder
 from hqm.worker.ratelimit import RateLimiter
@@ -39,20 +40,15 @@ from hqm.worker.slots import Seat, Slots
 from hqm.worker.upstream import ANSWER_HOLD, UpstreamError, UpstreamPool
 
 log = logging.getLogger("hqm.worker.loop")
+__all__ = ["QueueUnreachable", "Worker"]  # (QueueUnreachable: hqm.worker.outage's)
 
 _RETRY_STATUSES = RETRY_ANY_METHOD | RETRY_IDEMPOTENT
-#: Upper bound on the pause after a queue error (Redis down): reconnect backoff.
-_MAX_QUEUE_BACKOFF_S = 5.0
 #: A queue may have this many deliveries per --concurrency slot parked for an app that
 #: is down (then it is not claimed from): enough for a queue that mixes apps to go on
 #: for the others through an outage, and the memory they hold stays bounded.
 _PARKED_PER_SLOT = 4
 #: Stopping: a blocking read ends within its block time, plus this for its round trip.
 _SETTLE_MARGIN_S = 5.0
-
-
-class QueueUnreachable(Exception):
-    """Burst mode gave up on a queue that stayed unreachable."""
 
 
 class Worker:
@@ -92,6 +88,7 @@ class Worker:
         self._slots = Slots(settings.concurrency, self._wake.set)
         self._stopping = False
         self._last_maintenance = 0.0
+        self._maintained = 0  # rounds of maintenance done (each answered by the queue)
         # In flight read at scrape; labelled children looked up once (in Outcomes).
         metrics.in_flight.set_function(lambda: self._slots.taken)
         self._fleet = fleet or FleetGate(None)
@@ -135,31 +132,31 @@ class Worker:
         """Claim and process until stopped. In burst mode, return once every queue is
         empty, or raise QueueUnreachable once it stayed unreachable for the burst
         timeout (a batch job must end, not retry forever)."""
-        backoff = 0.1
-        unreachable_since: float | None = None
+        burst = self._settings.burst
+        outage = Outage(burst_timeout_s=self._settings.burst_queue_timeout_s if burst else None)
         try:
             while not self._stopping:
+                answers = self._answers
                 try:
                     if not await self._step():
                         break
-                    backoff, unreachable_since = 0.1, None
-                except QueueError as exc:
-                    now = time.monotonic()
-                    unreachable_since = unreachable_since or now
-                    limit = self._settings.burst_queue_timeout_s
-                    if self._settings.burst and now - unreachable_since >= limit:
-                        raise QueueUnreachable(
-                            f"queue unreachable for {limit:g} s in burst mode: {exc}"
-                        ) from None
-                    log.warning("queue unavailable: %s; retrying in %.1f s", exc, backoff)
-                    await self._pause(backoff)
-                    backoff = min(_MAX_QUEUE_BACKOFF_S, backoff * 2)
+                except QueueError as exc:  # logged once per outage (hqm.worker.outage)
+                    await self._pause(outage.failed(exc))
+                    continue
                 except Exception:  # a bug, never entry content: log, back off, go on
-                    log.exception("worker step failed; retrying in %.1f s", backoff)
-                    await self._pause(backoff)
-                    backoff = min(_MAX_QUEUE_BACKOFF_S, backoff * 2)
+                    pause = outage.pause_s()
+                    log.exception("worker step failed; retrying in %.1f s", pause)
+                    await self._pause(pause)
+                    continue
+                if self._answers != answers:  # the queue answered: any outage is over
+                    outage.answered()
         finally:
             await self._drain()
+
+    @property
+    def _answers(self) -> int:
+        """Calls the queue answered so far (claims, and rounds of maintenance)."""
+        return self._claims.answers + self._maintained
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` unless stopped first."""
@@ -277,6 +274,7 @@ class Worker:
                     consumer, self._settings.visibility_timeout_s, free - len(out)
                 )
                 out += [(lane, delivery) for delivery in got]
+        self._maintained += 1
         return out
 
     def _start_all(self, claimed: Claimed) -> int:
