@@ -6,24 +6,28 @@ does not answer. A real redis-server (stopped, or SIGSTOPped), real worker proce
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 
 from tests.redis_server import RedisServer, redis_server
-from tests.support import HqmProcess, wait_until
+from tests.support import Answer, Backend, HqmProcess, proxy, request, wait_until
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
 #: How long Redis stays away: the old worker wrote a warning per failed claim round,
 #: about 10 per second (the issue's 20 s outage: 179 lines).
 OUTAGE_S = 3.0
+#: A worker with nothing in flight exits within this after Ctrl-C, whatever Redis does.
+STOP_WITHIN_S = 6.0
 
 
 def _records(process: HqmProcess) -> list[dict]:
     return [json.loads(line) for line in list(process.lines) if line.startswith("{")]
 
 
-def _worker(server: RedisServer, *extra: str) -> HqmProcess:
-    args = ["worker", "--redis", server.url, "--upstream", "127.0.0.1:9", "--admin", "off"]
+def _worker(server: RedisServer, *extra: str, upstream: str = "127.0.0.1:9") -> HqmProcess:
+    args = ["worker", "--redis", server.url, "--upstream", upstream, "--admin", "off"]
     return HqmProcess(*args, *extra).wait_ready()
 
 
@@ -48,3 +52,55 @@ def test_a_redis_outage_is_one_warning_and_one_recovery_line(redis_server: Redis
         assert 1 <= failures <= 20, line
     finally:
         worker.kill()
+
+
+def _paused(server: RedisServer) -> None:
+    """SIGSTOP: the port still accepts, nothing answers (a hung Redis)."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+
+
+def _resume(server: RedisServer) -> None:
+    if server.proc is not None:
+        server.proc.send_signal(signal.SIGCONT)
+
+
+def test_ctrl_c_with_nothing_in_flight_exits_promptly_against_a_hung_redis(
+    redis_server: RedisServer,
+):
+    worker = _worker(redis_server)
+    try:
+        _paused(redis_server)
+        worker.proc.send_signal(signal.SIGINT)
+        # an upper bound on waiting: the old worker took 7-14 s here
+        assert worker.proc.wait(timeout=STOP_WITHIN_S) == 0, worker.log()
+        assert "worker stopped" in worker.log()
+    finally:
+        _resume(redis_server)
+        worker.kill()
+
+
+def test_a_second_ctrl_c_while_draining_exits_at_once_and_says_what_it_abandoned(
+    redis_server: RedisServer,
+):
+    release = threading.Event()
+    app = Backend(lambda seen: (release.wait(60), Answer(200, [], b"late"))[1])
+    hqm = proxy(app.address, "--redis", redis_server.url)
+    worker = _worker(redis_server, "--drain-timeout", "60", upstream=app.address)
+    try:
+        assert request(hqm.port, b"POST", b"/slow", body=b"x").status == 202
+        assert wait_until(lambda: app.count() == 1)  # in flight at the app
+        worker.proc.send_signal(signal.SIGINT)  # drains: waits up to 60 s for the app
+        assert wait_until(lambda: any(r["msg"] == "draining" for r in _records(worker)))
+        assert worker.proc.poll() is None
+        worker.proc.send_signal(signal.SIGINT)  # enough
+        assert worker.proc.wait(timeout=STOP_WITHIN_S) == 128 + signal.SIGINT
+        assert wait_until(lambda: any("second SIGINT" in r["msg"] for r in _records(worker)))
+        (line,) = [r for r in _records(worker) if "second SIGINT" in r["msg"]]
+        assert line["level"] == "warning"
+        assert "1 requests in flight abandoned" in line["msg"], line
+    finally:
+        release.set()
+        worker.kill()
+        hqm.terminate()
+        app.close()
