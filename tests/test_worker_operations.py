@@ -10,8 +10,12 @@ import signal
 import threading
 import time
 
+import redis
+
+from hqm.queue.keys import QueueKeys
 from tests.redis_server import RedisServer, redis_server
 from tests.support import Answer, Backend, HqmProcess, proxy, request, wait_until
+from tests.test_status_cli import status, status_json
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -104,3 +108,53 @@ def test_a_second_ctrl_c_while_draining_exits_at_once_and_says_what_it_abandoned
         worker.kill()
         hqm.terminate()
         app.close()
+
+
+def _consumers(server: RedisServer) -> tuple[int, list[dict]]:
+    # the old rule's threshold, 1 s: an idle worker's consumer idles past it
+    code, data = status_json(server.url, "--visibility-timeout", "1")
+    return code, data["queues"][0]["consumers"]
+
+
+def test_an_idle_worker_is_alive_by_its_heartbeat_and_a_killed_one_is_not(
+    redis_server: RedisServer,
+):
+    worker = _worker(redis_server, "--heartbeat", "1")
+    name = worker.info["consumer"]
+    try:
+        # idle longer than the old threshold (it blocks in XREADGROUP meanwhile)
+        def idle_past_threshold() -> bool:
+            return any(c["name"] == name and c["idle_s"] > 1.5 for c in _consumers(redis_server)[1])
+
+        assert wait_until(idle_past_threshold), _consumers(redis_server)
+        code, consumers = _consumers(redis_server)
+        assert code == 0 and [(c["name"], c["alive"]) for c in consumers] == [(name, True)]
+        code, out = status("--redis", redis_server.url, "--visibility-timeout", "1")
+        (row,) = [line for line in out.splitlines() if line.strip().startswith(name)]
+        assert row.split()[-1] == "yes", out
+        worker.proc.kill()  # SIGKILL: no clean exit, the heartbeat key just expires
+        worker.proc.wait(STOP_WITHIN_S)
+
+        def dead() -> bool:
+            consumers = _consumers(redis_server)[1]
+            return [(c["name"], c["alive"]) for c in consumers] == [(name, False)]
+
+        assert wait_until(dead), _consumers(redis_server)
+    finally:
+        worker.kill()
+
+
+def test_a_clean_exit_deletes_the_heartbeat_and_the_consumer(redis_server: RedisServer):
+    worker = _worker(redis_server, "--heartbeat", "1")
+    name = worker.info["consumer"]
+    r = redis.Redis.from_url(redis_server.url)
+    heartbeat = QueueKeys("default").heartbeat(name)
+    try:
+        assert wait_until(lambda: r.exists(heartbeat) == 1)
+        assert 0 < r.pttl(heartbeat) <= 3000  # 3 heartbeats of 1 s
+        assert worker.terminate() == 0
+        assert r.exists(heartbeat) == 0
+        assert _consumers(redis_server)[1] == []
+    finally:
+        worker.kill()
+        r.close()

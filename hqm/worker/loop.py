@@ -17,6 +17,7 @@ from hqm.queue.base import Delivery, Queue, QueueError
 from hqm.worker.attempt import Attempts
 from hqm.worker.claims import Claimed, Claimer, Lane
 from hqm.worker.fleet import FleetGate
+from hqm.worker.heartbeat import Heartbeat
 from hqm.worker.outage import Outage, QueueUnreachable
 from hqm.worker.outcomes import Outcomes, log_ids
 from hqm.worker.queues import ClaimOrder
@@ -85,6 +86,7 @@ class Worker:
         self._runner: asyncio.Task[None] | None = None
         self._in_step = self._cut = False
         self._last_maintenance = 0.0
+        self._heartbeat = Heartbeat(settings.heartbeat_s)
         self._maintained = 0  # rounds of maintenance done (each answered by the queue)
         # In flight read at scrape; labelled children looked up once (in Outcomes).
         metrics.in_flight.set_function(lambda: self._slots.taken)
@@ -290,8 +292,13 @@ class Worker:
             return []
         self._last_maintenance = now
         consumer = self._settings.consumer
+        beat = self._heartbeat.due()  # (this worker is alive: hqm status)
         for lane in self._claims.lanes:
             await lane.queue.promote_due(self._now())
+            if beat:
+                await lane.queue.heartbeat(consumer, self._heartbeat.ttl_s)
+        if beat:
+            self._heartbeat.written()
         if self._tasks:
             held: dict[str, list[str]] = {}
             for name, entry_id in self._tasks:
