@@ -19,12 +19,21 @@ class Trouble:
     """Failures of one operation, for the log: the first failure of a run with its
     detail (not one line, nor a traceback, per failure; a detail not seen yet in this
     run gets a line too, up to ``MAX_DETAILS_PER_OUTAGE``), and the recovery with the
-    number of failures meanwhile. ``effect``: what the failure means meanwhile."""
+    number of failures meanwhile. ``effect``: what the failure means meanwhile;
+    ``details``: distinct failures logged per outage (1: the first only)."""
 
-    __slots__ = ("_effect", "_log", "_op", "_seen", "failing", "failures")
+    __slots__ = ("_details", "_effect", "_log", "_op", "_seen", "failing", "failures")
 
-    def __init__(self, op: str, *, logger: logging.Logger, effect: str) -> None:
+    def __init__(
+        self,
+        op: str,
+        *,
+        logger: logging.Logger,
+        effect: str,
+        details: int = MAX_DETAILS_PER_OUTAGE,
+    ) -> None:
         self._op = op
+        self._details = details
         self._log = logger
         self._effect = effect
         self._seen: set[str] = set()
@@ -35,11 +44,13 @@ class Trouble:
         self.failures += 1
         self.failing = True
         detail = f"{type(exc).__name__}: {exc}"
-        if detail in self._seen or len(self._seen) >= MAX_DETAILS_PER_OUTAGE:
+        if detail in self._seen or len(self._seen) >= self._details:
             return
         self._seen.add(detail)
         self._log.warning(
-            "queue %s failed: %s (%s; not logged again until it changes)",
+            "queue %s failed: %s (%s; not logged again until it changes)"
+            if self._details > 1
+            else "queue %s failed: %s (%s; not logged again until it works)",
             self._op,
             detail,
             self._effect,

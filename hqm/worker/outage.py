@@ -51,6 +51,7 @@ class Outage:
             "claim loop",
             logger=log,
             effect=f"retried with backoff up to {MAX_BACKOFF_S:g} s",
+            details=1,  # one outage, one warning: its calls (claim, promote, ...) fail alike
         )
 
     def failed(self, exc: Exception) -> float:
