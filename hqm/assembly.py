@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from hqm.ops.due_promoter import DuePromoter
 from hqm.ops.metrics import ProxyMetrics, QueueMetrics, WorkerMetrics
 from hqm.ops.queue_gauges import QueueGauges, StatsSettings
 from hqm.ops.readiness import Readiness
+from hqm.ops.signals import stop_on_signals
 from hqm.proto.fast_server import engine_name
 from hqm.proto.limits import Limits
 from hqm.queue.base import FleetLimits, Queue, QueueUnavailable, distinct
@@ -98,13 +98,6 @@ async def open_queue(
 def _bound(server: asyncio.Server) -> Address:
     host, port = server.sockets[0].getsockname()[:2]
     return Address(host, port)
-
-
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
 
 
 async def _listen(flag: str, address: Address, handler, **kwargs) -> asyncio.Server:
@@ -200,7 +193,7 @@ async def run_proxy(
 ) -> int:
     """Serve until ``stop``; return the embedded queue's requests left undelivered."""
     stop = stop or asyncio.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     queue = await open_queue(
         settings.redis_url,
         settings.queue,
@@ -333,7 +326,8 @@ async def run_worker(
     on_ready: Callable[[Bound], None] | None = None,
 ) -> None:
     stop = stop or asyncio.Event()
-    _stop_on_signals(stop)
+    worker: Worker | None = None  # (a second Ctrl-C says what it leaves undone)
+    stop_on_signals(stop, abandon=lambda: worker.abandoned() if worker else "nothing started")
     # One queue object each: its own keys, hash tag and Cluster slot, its own claims.
     queues = [
         await open_queue(run.redis_url, name, max_depth=0, result_ttl_s=run.result_ttl_s)

@@ -107,6 +107,7 @@ def test_pending_and_consumers_count_claimed_entries(redis_server):
     async def body() -> None:
         queue = await queued(redis_server, 5)
         await queue.claim("w1", 2, 0)
+        await queue.heartbeat("w1", 60)  # alive: its heartbeat, as the worker writes it
         stats = await stats_of(redis_server)
         assert (stats.backlog, stats.pending) == (3, 2)
         (consumer,) = stats.consumers
@@ -122,6 +123,7 @@ def test_a_consumer_that_claimed_and_stopped_is_not_alive(redis_server):
         queue = await queued(redis_server, 3)
         held = await queue.claim("gone", 1, 0)
         await queue.claim("live", 1, 0)
+        await queue.heartbeat("live", 60)  # (the one that stopped writes none any more)
         r = admin(redis_server)
         # its entry untouched for a minute (as if it stopped 60 s ago)
         r.xclaim(KEYS.stream, KEYS.group, "gone", 0, [held[0].entry_id], idle=60_000)
@@ -211,6 +213,7 @@ def test_a_cluster_is_read_per_slot(tmp_path):
             queue = await queued(server, 4, "orders")  # type: ignore[arg-type]
             (delivery,) = await queue.claim("w", 1, 0)
             await queue.complete(delivery, response())
+            await queue.heartbeat("w", 60)
             await queue.close()
             reader = StatsReader(url)
             (stats,) = await reader.read(["orders"], alive_within_s=ALIVE_WITHIN_S)
@@ -258,6 +261,7 @@ def test_gauges_are_set_in_the_background_and_kept_while_redis_is_down(redis_ser
     async def body() -> None:
         queue = await queued(redis_server, 4)
         await queue.claim("w", 1, 0)
+        await queue.heartbeat("w", 60)
         metrics = QueueMetrics(registry)
         settings = StatsSettings(interval_s=0.05, alive_within_s=ALIVE_WITHIN_S)
         gauges = QueueGauges(

@@ -128,8 +128,9 @@ def test_a_stuck_queue_exits_1(redis_server: RedisServer):
     (gone,) = queue["consumers"]
     assert gone["name"] == "gone" and gone["alive"] is False and gone["idle_s"] >= 60
     assert queue["problems"][0].startswith("stuck: 3 request(s) wait")
-    # with a threshold past its idle time it counts as alive again
-    code, data = status_json(redis_server.url, "--visibility-timeout", "600")
+    # alive is its heartbeat, not its idle time: with one it counts as alive again
+    r.set(KEYS.heartbeat("gone"), b"1", px=60_000)
+    code, data = status_json(redis_server.url)
     assert code == 0 and data["queues"][0]["consumers_alive"] == 1
 
 
@@ -137,6 +138,7 @@ def test_max_age_flags_the_oldest_waiting_request(redis_server: RedisServer):
     r = admin(redis_server)
     add(r, 2, ago_s=600)  # made 10 minutes ago
     r.xreadgroup(KEYS.group, "live", {KEYS.stream: ">"}, count=1)  # a live consumer
+    r.set(KEYS.heartbeat("live"), b"1", px=60_000)  # (its heartbeat)
     code, data = status_json(redis_server.url)
     assert code == 0, data
     assert 590 < data["queues"][0]["oldest_age_s"] < 900

@@ -116,8 +116,8 @@ def _problems(stats: QueueStats, max_age_s: float) -> list[str]:
     waiting = stats.backlog + stats.pending + stats.due
     if waiting and not stats.alive:
         out.append(
-            f"stuck: {waiting} request(s) wait and no consumer claimed or renewed one within "
-            f"{_duration(stats.alive_within_s)} (workers down, or their app unreachable)"
+            f"stuck: {waiting} request(s) wait and no consumer is alive (no worker "
+            "heartbeat: workers down, or cut off from Redis)"
         )
     if max_age_s and stats.oldest_age_s > max_age_s:
         out.append(
@@ -180,8 +180,7 @@ def _table(stats: QueueStats, problems: list[str]) -> str:
         held = stats.results
         how = "counted" if held.exact else "estimated from a key sample"
         row("results", held.count, f"{_size(held.memory_bytes)} of Redis memory, {how}")
-    threshold = _duration(stats.alive_within_s)
-    row("consumers", f"{stats.alive} alive", f"of {len(stats.consumers)} (idle < {threshold})")
+    row("consumers", f"{stats.alive} alive", f"of {len(stats.consumers)} (by their heartbeat)")
     if stats.consumers:
         shown = [c for c in stats.consumers if c.alive]
         dead = [c for c in stats.consumers if not c.alive]

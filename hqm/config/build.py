@@ -57,6 +57,7 @@ def worker_settings(values: Effective, *, consumer: str) -> WorkerSettings:
         forwarding=ForwardingPolicy(values["forwarded-headers"], values["trusted-hops"]),
         burst=burst,
         burst_queue_timeout_s=values["burst-timeout"] if burst else 0.0,
+        **({"heartbeat_s": values["heartbeat"]} if values.command.name == "worker" else {}),
         route_headers={r.name: r.inject_headers for r in route_table(values).routes},
         replay_key=replay_key(values),
         access_log=access_log_settings(values),

@@ -267,3 +267,12 @@ def redact_url(value: Any) -> str:
     if not sep or not at or ":" not in userinfo:
         return str(value)
     return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
+
+
+#: Largest value accepted for a duration: a year. Beyond it a typo, not a wish.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def seconds(*, zero_ok: bool) -> Parse:
+    """A duration: 0 allowed only where it means something ("none", "at once")."""
+    return number(low=0.0, high=MAX_SECONDS, low_open=not zero_ok)

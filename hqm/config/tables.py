@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from hqm.config.options import MAX_SECONDS as MAX_SECONDS  # (re-exported, as seconds)
 from hqm.config.options import (
     Option,
-    Parse,
     boolean,
     choice,
     integer,
@@ -23,6 +23,7 @@ from hqm.config.options import (
     path,
     redact_url,
     redis_url,
+    seconds,
     text,
     upstream_address,
 )
@@ -34,12 +35,11 @@ from hqm.config.tables_parser import PARSER
 from hqm.config.tables_processes import PROCESSES
 from hqm.config.tables_queue import QUEUE, WORKER_QUEUE
 from hqm.config.tables_transparent import REPLAY, TRANSPARENT
+from hqm.config.tables_worker import WORKER_RUN
 from hqm.proto import limits as L
 
 REPLY_MODES = ("async", "wait", "fire")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-#: Largest value accepted for a duration: a year. Beyond it a typo, not a wish.
-MAX_SECONDS = 365 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +57,6 @@ class Command:
         """Environment variables of ``option``, the first one winning."""
         own = f"HQM_{self.name.upper()}_{option.key.upper()}"
         return (own, f"HQM_{option.key.upper()}") if option.shared else (own,)
-
-
-def seconds(*, zero_ok: bool) -> Parse:
-    """A duration: 0 allowed only where it means something ("none", "at once")."""
-    return number(low=0.0, high=MAX_SECONDS, low_open=not zero_ok)
 
 
 # --- shared by proxy and worker ----------------------------------------------------
@@ -356,21 +351,7 @@ WORKER = Command(
             listen_address(off=True),
         ),
         STATS_INTERVAL,
-        Option(
-            "burst",
-            "bool",
-            False,
-            "Exit 0 once the queue is empty (tests, batch jobs).",
-            boolean,
-            switch=True,
-        ),
-        Option(
-            "burst-timeout",
-            "seconds",
-            30.0,
-            "In burst mode, exit 1 when the queue stays unreachable this long.",
-            seconds(zero_ok=False),
-        ),
+        *WORKER_RUN,
         *_WORKER_LOOP,
         MAX_INFLIGHT,
         *_APP_LINK,

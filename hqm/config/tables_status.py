@@ -25,7 +25,8 @@ STATUS = Command(
         ),
         replace(
             WORKER.option("visibility-timeout"),
-            help="A consumer idle longer than this is not alive (give the workers' value).",
+            help="An entry held longer than this is being reclaimed; it counts in its "
+            "consumer's IDLE (give the workers' value).",
         ),
         Option(
             "keys",

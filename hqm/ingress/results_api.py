@@ -37,6 +37,7 @@ from hqm.io.budget import ByteBudget
 from hqm.io.http_server import Reply
 from hqm.io.http_streaming import StreamedReply
 from hqm.io.streams import AnswerBroken, ResponseStream
+from hqm.ops.trouble import Trouble as QueueTrouble
 from hqm.proto.envelope import ResponseRecord
 from hqm.proto.headers import REQUEST_ID, result_response_headers
 from hqm.proto.limits import RESULT_CHUNK_BYTES, RETRY_AFTER_S
@@ -177,34 +178,13 @@ def record_reply(
     return Reply(record.status, headers, record.body, reason, frame_from_body=not head_answer)
 
 
-class Trouble:
-    """Queue failures of one operation, for the log: the first of a run of identical
-    failures with its detail (not one line, nor a traceback, per request), and the
-    recovery with the number of requests that failed meanwhile."""
+class Trouble(QueueTrouble):
+    """The proxy's log of queue failures (``hqm.ops.trouble``): clients get 503 meanwhile."""
 
-    __slots__ = ("_detail", "_op", "failing", "failures")
+    __slots__ = ()
 
     def __init__(self, op: str) -> None:
-        self._op = op
-        self._detail = ""
-        self.failing = False
-        self.failures = 0
-
-    def failed(self, exc: Exception) -> None:
-        self.failures += 1
-        detail = f"{type(exc).__name__}: {exc}"
-        if not self.failing or detail != self._detail:
-            self.failing, self._detail = True, detail
-            log.warning(
-                "queue %s failed: %s (clients get 503; not logged again until it changes)",
-                self._op,
-                detail,
-            )
-
-    def recovered(self) -> None:
-        failures = "1 failure" if self.failures == 1 else f"{self.failures} failures"
-        log.info("queue %s works again after %s", self._op, failures)
-        self.failing, self._detail, self.failures = False, "", 0
+        super().__init__(op, logger=log, effect="clients get 503")
 
 
 class ResultsApi:

@@ -140,7 +140,7 @@ class QueueMetrics:
         )
         self.consumers = gauge(
             "hqm_queue_consumers",
-            "Consumers alive: claimed or renewed entries within the visibility timeout.",
+            "Consumers alive: their heartbeat key exists (written every --heartbeat seconds).",
         )
         self.results = gauge(
             "hqm_queue_results", "Results held for collection (estimated from a key sample)."

@@ -253,6 +253,11 @@ class Queue(abc.ABC):
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
         """Move the entry to the dead-letter store, record a 502 result, acknowledge."""
 
+    async def heartbeat(self, consumer: str, ttl_s: float) -> None:
+        """``consumer`` is alive for ``ttl_s`` more (``hqm status``); an embedded queue's
+        worker lives in its process: nothing to write."""
+        return None
+
     @abc.abstractmethod
     async def release(self, consumer: str) -> None:
         """Forget ``consumer`` once it holds nothing (clean worker shutdown)."""

@@ -68,6 +68,11 @@ class QueueKeys:
         until the token would have expired."""
         return f"{self.prefix}spent:{token}"
 
+    def heartbeat(self, consumer: str) -> str:
+        """A worker's liveness: written every --heartbeat seconds, expiring after 3 of
+        them, deleted on clean exit (hqm.worker.heartbeat)."""
+        return f"{self.prefix}alive:{consumer}"
+
     def reply_channel(self, instance: str) -> str:
         """Pub/sub channel on which workers notify one proxy instance."""
         return f"{self.prefix}reply:{instance}"

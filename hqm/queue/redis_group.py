@@ -141,10 +141,29 @@ class ConsumerGroup:
         counts = {text(p[0]["message_id"]): int(p[0]["times_delivered"]) for p in pending if p}
         return got, counts
 
-    async def release(self, consumer: str) -> None:
-        """XGROUP DELCONSUMER, unless ``consumer`` still holds entries."""
+    async def heartbeat(self, consumer: str, key: str, ttl_s: float) -> None:
+        """SET ``key`` (``consumer``'s liveness) to expire after ``ttl_s``, and the
+        consumer in the group (XGROUP CREATECONSUMER): one round trip."""
+
+        async def beat() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(key, b"1", px=max(1, round(ttl_s * 1000)))
+            pipe.xgroup_createconsumer(self._stream, GROUP, consumer)
+            written, listed = await pipe.execute(raise_on_error=False)
+            if isinstance(written, Exception):
+                raise written
+            if isinstance(listed, ResponseError):  # Redis restarted empty: no stream yet
+                await self.create()
+                await self._redis.xgroup_createconsumer(self._stream, GROUP, consumer)
+
+        await self.run("heartbeat", beat)
+
+    async def release(self, consumer: str, heartbeat: str) -> None:
+        """Delete the ``heartbeat`` key; XGROUP DELCONSUMER, unless ``consumer`` still
+        holds entries."""
 
         async def release() -> None:
+            await self._redis.delete(heartbeat)
             held = await self._redis.xpending_range(
                 self._stream, GROUP, min="-", max="+", count=1, consumername=consumer
             )

@@ -14,13 +14,13 @@ every queue read together, never a full KEYS. Key names come from hqm.queue.keys
 - oldest age: from the id of the first entry after the group's last-delivered id (the
   oldest one no worker claimed yet), an XADD time on Redis's clock, measured against
   Redis's ``TIME``.
-- consumers: a consumer is alive while it claimed or renewed entries within
-  ``alive_within_s`` (the workers' visibility timeout): a working worker claims as it
-  frees up and renews what it holds every maintenance period (at most a second). One
-  holding an entry idle past that is not alive either (its entries are reclaimed).
-  Redis before 7.2 counts only reads that got entries (7.2 counts every read), and
-  creates a consumer at its first entry: idle workers on an empty queue may show as
-  none alive; "stuck" is only what waits with none alive.
+- consumers: a consumer is alive while its heartbeat key exists (``hqm.worker.heartbeat``:
+  written every --heartbeat seconds, expiring after 3 of them, deleted on clean exit),
+  not by its idle time, which grows while an idle worker blocks in XREADGROUP. The
+  worker also creates its consumer (XGROUP CREATECONSUMER), so an idle one is listed.
+  Its idle time still says when it last read, claimed or renewed (or the oldest entry
+  it holds past ``alive_within_s``, the workers' visibility timeout: being reclaimed).
+  "Stuck" is what waits with none alive.
 - results: the ``res:`` keys, counted in a SCAN sample (exact when the sample covered
   the database, else scaled by DBSIZE; on a cluster, the queue's slot) and their memory
   from MEMORY USAGE of a few of them.
@@ -63,6 +63,7 @@ class ConsumerStats:
     idle_s: float
     #: Entries it holds (claimed, not finished).
     pending: int
+    #: Its heartbeat key exists (hqm.worker.heartbeat).
     alive: bool
 
 
@@ -197,6 +198,11 @@ async def _read_queue(
     pipe.hget(keys.global_rate, "eff")
     replies = await pipe.execute(raise_on_error=False)
     groups, length, scheduled, due, dlq, consumers, stale, pause, rate = replies
+    consumers = [] if _failed(consumers) else consumers
+    beats = redis.pipeline(transaction=False)  # a consumer is alive while its key exists
+    for consumer in consumers:
+        beats.exists(keys.heartbeat(text(consumer["name"])))
+    alive = await beats.execute(raise_on_error=False) if consumers else []
     listed = [] if _failed(groups) else groups
     group = next((g for g in listed if text(g["name"]) == keys.group), None)
     pending = int(group["pending"]) if group else 0
@@ -219,7 +225,7 @@ async def _read_queue(
         due=_int(due),
         dead_letters=_int(dlq),
         oldest_age_s=oldest,
-        consumers=_consumers([] if _failed(consumers) else consumers, stale, idle_ms),
+        consumers=_consumers(consumers, stale, [_int(a) > 0 for a in alive]),
         alive_within_s=alive_within_s,
         results=results,
         paused_s=max(0, _int(pause)) / 1000,
@@ -228,13 +234,13 @@ async def _read_queue(
     )
 
 
-def _consumers(listed: list[Any], stale: Any, idle_ms: int) -> tuple[ConsumerStats, ...]:
+def _consumers(listed: list[Any], stale: Any, alive: list[bool]) -> tuple[ConsumerStats, ...]:
     held_idle: dict[str, int] = {}  # consumer -> its oldest entry held past idle_ms
     for entry in [] if _failed(stale) else stale:
         name = text(entry["consumer"])
         held_idle[name] = max(held_idle.get(name, 0), int(entry["time_since_delivered"]))
     out = []
-    for consumer in listed:
+    for consumer, beating in zip(listed, alive, strict=True):
         name = text(consumer["name"])
         idle = max(int(consumer["idle"]), held_idle.get(name, 0))
         out.append(
@@ -242,10 +248,10 @@ def _consumers(listed: list[Any], stale: Any, idle_ms: int) -> tuple[ConsumerSta
                 name=name,
                 idle_s=idle / 1000,
                 pending=int(consumer["pending"]),
-                alive=idle < idle_ms,
+                alive=beating,
             )
         )
-    return tuple(sorted(out, key=lambda c: (c.idle_s, c.name)))
+    return tuple(sorted(out, key=lambda c: (not c.alive, c.idle_s, c.name)))
 
 
 async def results_held(

@@ -347,8 +347,11 @@ class RedisQueue(PieceReads, Queue):
             for (code, _, _), outcome in zip(batch, outcomes, strict=True)
         ]
 
+    async def heartbeat(self, consumer: str, ttl_s: float) -> None:
+        await self._group.heartbeat(consumer, self.keys.heartbeat(consumer), ttl_s)
+
     async def release(self, consumer: str) -> None:
-        await self._group.release(consumer)
+        await self._group.release(consumer, self.keys.heartbeat(consumer))
 
     # --- admin --------------------------------------------------------------
     async def depth(self) -> int:

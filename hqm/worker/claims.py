@@ -56,6 +56,8 @@ class Claimer:
         self._consumer = consumer
         #: A claim that failed while others of the same round succeeded: raised next.
         self._failed: BaseException | None = None
+        #: Claims the queue answered so far (with entries or without): it is reachable.
+        self.answers = 0
 
     def _raise_failed(self) -> None:
         failed, self._failed = self._failed, None
@@ -87,6 +89,7 @@ class Claimer:
                         raise got  # cancelled: stopping
                     self._failed = self._failed or got
                     continue
+                self.answers += 1
                 self._order.claimed(lane.name, len(got))
                 out += [(lane, delivery) for delivery in got]
                 free -= len(got)
@@ -123,6 +126,7 @@ class Claimer:
                 self._failed = self._failed or error
                 continue
             got = task.result()
+            self.answers += 1
             if got:
                 busy = (other.name for other in self.lanes if other.ready)
                 self._order.resumed(lane.name, busy)

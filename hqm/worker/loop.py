@@ -13,46 +13,37 @@ from functools import partial
 from hqm.io.budget import ByteBudget
 from hqm.ops.access_log import AccessLog
 from hqm.ops.metrics import WorkerMetrics
-from hqm.proto.envelope import ResponseRecord
-from hqm.proto.headers import (
-    ForwardedInfo,
-    header_value,
-    upstream_request_headers,
-    with_injected,
-)
 from hqm.queue.base import Delivery, Queue, QueueError
+from hqm.worker.attempt import Attempts
 from hqm.worker.claims import Claimed, Claimer, Lane
 from hqm.worker.fleet import FleetGate
+from hqm.worker.heartbeat import Heartbeat
+from hqm.worker.outage import Outage, QueueUnreachable
 from hqm.worker.outcomes import Outcomes, log_ids
 from hqm.worker.queues import ClaimOrder
 from hqm.worker.ratelimit import RateLimiter
-from hqm.worker.retry import (
-    RETRY_ANY_METHOD,
-    RETRY_IDEMPOTENT,
-    Failure,
-    may_retry,
-    parse_retry_after,
-)
-from hqm.worker.sender import Sender, replay_stamp
+from hqm.worker.sender import Sender
 from hqm.worker.settings import WorkerSettings
 from hqm.worker.slots import Seat, Slots
-from hqm.worker.upstream import ANSWER_HOLD, UpstreamError, UpstreamPool
+from hqm.worker.upstream import ANSWER_HOLD, UpstreamPool
 
 log = logging.getLogger("hqm.worker.loop")
+__all__ = ["QueueUnreachable", "Worker"]  # (QueueUnreachable: hqm.worker.outage's)
 
-_RETRY_STATUSES = RETRY_ANY_METHOD | RETRY_IDEMPOTENT
-#: Upper bound on the pause after a queue error (Redis down): reconnect backoff.
-_MAX_QUEUE_BACKOFF_S = 5.0
 #: A queue may have this many deliveries per --concurrency slot parked for an app that
 #: is down (then it is not claimed from): enough for a queue that mixes apps to go on
 #: for the others through an outage, and the memory they hold stays bounded.
 _PARKED_PER_SLOT = 4
-#: Stopping: a blocking read ends within its block time, plus this for its round trip.
-_SETTLE_MARGIN_S = 5.0
-
-
-class QueueUnreachable(Exception):
-    """Burst mode gave up on a queue that stayed unreachable."""
+#: Stopping: a blocking read ends within its block time, plus this for its round trip;
+#: a Redis that has not answered by then is hung (what its read claimed stays pending
+#: under our name and is reclaimed): Ctrl-C on an idle worker must not wait on it.
+_SETTLE_MARGIN_S = 0.5
+#: Stopping: a claim round still waiting on Redis this long after stop() is cut short
+#: (a hung Redis; one that answers ends it at once): what it claimed stays pending.
+_STOP_GRACE_S = 0.5
+#: Stopping: the consumer's removal is best effort (XPENDING + XGROUP DELCONSUMER per
+#: queue, well under a second on a Redis that answers); a hung one is not waited for.
+_RELEASE_S = 1.0
 
 
 class Worker:
@@ -91,7 +82,12 @@ class Worker:
         #: the answer.
         self._slots = Slots(settings.concurrency, self._wake.set)
         self._stopping = False
+        #: The task in ``run``, in a claim round, cut short by stop() (a hung Redis).
+        self._runner: asyncio.Task[None] | None = None
+        self._in_step = self._cut = False
         self._last_maintenance = 0.0
+        self._heartbeat = Heartbeat(settings.heartbeat_s)
+        self._maintained = 0  # rounds of maintenance done (each answered by the queue)
         # In flight read at scrape; labelled children looked up once (in Outcomes).
         metrics.in_flight.set_function(lambda: self._slots.taken)
         self._fleet = fleet or FleetGate(None)
@@ -116,6 +112,13 @@ class Worker:
         self._wait_seconds = {
             lane.name: metrics.queue_wait_seconds.labels(lane.name) for lane in lanes
         }
+        self._attempts = Attempts(
+            settings=settings,
+            senders=self._senders,
+            fleet=self._fleet,
+            wall_clock=wall_clock,
+            wait_seconds=self._wait_seconds,
+        )
         order = ClaimOrder([lane.name for lane in lanes], weights)
         self._claims = Claimer(lanes, order, settings.consumer)
 
@@ -124,10 +127,19 @@ class Worker:
         """Deliveries being worked on (at the app, or their outcome being recorded)."""
         return len(self._tasks)
 
+    def abandoned(self) -> str:
+        """What exiting now leaves undone: its entries stay pending under the consumer."""
+        return (
+            f"{self.in_flight} requests in flight abandoned (pending under consumer "
+            f"{self._settings.consumer!r}: reclaimed after --visibility-timeout "
+            f"{self._settings.visibility_timeout_s:g} s)"
+        )
+
     def stop(self) -> None:
         """Stop claiming; ``run`` returns once in-flight requests finished (or drain ran out)."""
         self._stopping = True
         self._wake.set()
+        asyncio.get_running_loop().call_later(_STOP_GRACE_S, self._cut_step)
         for sender in self._senders.values():
             sender.stop()
 
@@ -135,31 +147,52 @@ class Worker:
         """Claim and process until stopped. In burst mode, return once every queue is
         empty, or raise QueueUnreachable once it stayed unreachable for the burst
         timeout (a batch job must end, not retry forever)."""
-        backoff = 0.1
-        unreachable_since: float | None = None
+        burst = self._settings.burst
+        self._runner = asyncio.current_task()
+        outage = Outage(burst_timeout_s=self._settings.burst_queue_timeout_s if burst else None)
         try:
             while not self._stopping:
+                answers = self._answers
                 try:
-                    if not await self._step():
+                    if not await self._round():
                         break
-                    backoff, unreachable_since = 0.1, None
-                except QueueError as exc:
-                    now = time.monotonic()
-                    unreachable_since = unreachable_since or now
-                    limit = self._settings.burst_queue_timeout_s
-                    if self._settings.burst and now - unreachable_since >= limit:
-                        raise QueueUnreachable(
-                            f"queue unreachable for {limit:g} s in burst mode: {exc}"
-                        ) from None
-                    log.warning("queue unavailable: %s; retrying in %.1f s", exc, backoff)
-                    await self._pause(backoff)
-                    backoff = min(_MAX_QUEUE_BACKOFF_S, backoff * 2)
+                except QueueError as exc:  # logged once per outage (hqm.worker.outage)
+                    await self._pause(outage.failed(exc))
+                    continue
                 except Exception:  # a bug, never entry content: log, back off, go on
-                    log.exception("worker step failed; retrying in %.1f s", backoff)
-                    await self._pause(backoff)
-                    backoff = min(_MAX_QUEUE_BACKOFF_S, backoff * 2)
+                    pause = outage.pause_s()
+                    log.exception("worker step failed; retrying in %.1f s", pause)
+                    await self._pause(pause)
+                    continue
+                if self._answers != answers:  # the queue answered: any outage is over
+                    outage.answered()
         finally:
             await self._drain()
+
+    async def _round(self) -> bool | None:
+        """One claim round (``_step``); None when stop() cut it short."""
+        self._in_step = True
+        try:
+            return await self._step()
+        except asyncio.CancelledError:
+            if not self._cut:
+                raise
+            asyncio.current_task().uncancel()  # (ours: the worker drains)
+            return None
+        finally:
+            self._in_step = False
+
+    def _cut_step(self) -> None:
+        """Stopping: a claim round still waiting on Redis is cancelled (a hung Redis
+        must not hold Ctrl-C); ``run`` goes on to drain."""
+        if self._in_step and self._runner is not None:
+            self._cut = True
+            self._runner.cancel()
+
+    @property
+    def _answers(self) -> int:
+        """Calls the queue answered so far (claims, and rounds of maintenance)."""
+        return self._claims.answers + self._maintained
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` unless stopped first."""
@@ -259,8 +292,13 @@ class Worker:
             return []
         self._last_maintenance = now
         consumer = self._settings.consumer
+        beat = self._heartbeat.due()  # (this worker is alive: hqm status)
         for lane in self._claims.lanes:
             await lane.queue.promote_due(self._now())
+            if beat:
+                await lane.queue.heartbeat(consumer, self._heartbeat.ttl_s)
+        if beat:
+            self._heartbeat.written()
         if self._tasks:
             held: dict[str, list[str]] = {}
             for name, entry_id in self._tasks:
@@ -277,6 +315,7 @@ class Worker:
                     consumer, self._settings.visibility_timeout_s, free - len(out)
                 )
                 out += [(lane, delivery) for delivery in got]
+        self._maintained += 1
         return out
 
     def _start_all(self, claimed: Claimed) -> int:
@@ -294,7 +333,7 @@ class Worker:
         ANSWER_HOLD.set(hold)
         try:
             await seat.acquire()
-            await self._attempt(lane, delivery, seat)
+            await self._attempts.run(lane, delivery, seat)
         except QueueError as exc:
             # The entry stays pending under our name and is reclaimed later: not lost.
             log.warning("could not record %s: %s", record.id, exc, extra=log_ids(record))
@@ -305,80 +344,6 @@ class Worker:
             self._tasks.pop((lane.name, delivery.entry_id), None)
             seat.finish()
             self._wake.set()
-
-    async def _attempt(self, lane: Lane, delivery: Delivery, seat: Seat) -> None:
-        record, outcomes = delivery.record, lane.outcomes
-        if delivery.deliveries > self._settings.max_deliveries:
-            seat.release()
-            error = f"delivered {delivery.deliveries - 1} times without finishing"
-            await outcomes.dead_letter(delivery, error, delivery.attempt)
-            return
-        sender = self._senders.get(record.upstream)
-        if sender is None:  # never dialled: a shared Redis is no way to reach other hosts
-            seat.release()
-            error = f"upstream {record.upstream!r} is not configured on this worker"
-            await outcomes.dead_letter(delivery, error, delivery.attempt)
-            return
-        if delivery.attempt == 0 and delivery.deliveries == 1:
-            wait_s = max(0.0, self._now() - record.received_at)
-            self._wait_seconds[lane.name].observe(wait_s)
-        attempt = delivery.attempt + 1
-        headers = upstream_request_headers(
-            record.headers,
-            body_length=len(record.body),
-            request_id=record.id,
-            forwarded=ForwardedInfo(
-                client=record.client, proto=record.scheme, policy=self._settings.forwarding
-            ),
-            default_host=sender.host,
-        )
-        if record.route:
-            headers = with_injected(headers, self._settings.route_headers.get(record.route, ()))
-        key = self._settings.replay_key  # (a transparent proxy passes a signed replay on)
-        stamp = None if key is None else replay_stamp(key, record, self._now)
-        try:
-            response = await sender.send(delivery, headers, seat=seat, queue=lane.name, stamp=stamp)
-        except UpstreamError as exc:
-            seat.release()
-            failure = Failure(str(exc), reached=exc.reached, permanent=exc.permanent)
-            await outcomes.failed(delivery, failure, attempt)
-            return
-        seat.release()  # the app is done with it: its slot is free
-        if response is None:
-            return  # stopping while the app was unreachable: left pending, not lost
-        retry_after = None
-        if response.status in _RETRY_STATUSES:
-            retry_after = parse_retry_after(
-                header_value(response.headers, b"retry-after"), now=self._now()
-            )
-        if response.status in RETRY_ANY_METHOD:  # "come back later": slow everyone down
-            await self._fleet.throttled(retry_after)
-        else:
-            self._fleet.succeeded()
-        if response.status in _RETRY_STATUSES:
-            failure = Failure(
-                f"app answered {response.status}",
-                reached=True,
-                status=response.status,
-                retry_after_s=retry_after,
-            )
-            if may_retry(failure, record.method, record.headers):
-                await outcomes.retry_or_give_up(delivery, failure, attempt)
-                return
-        # A real answer (also a 5xx that is not safe to ask again) goes to the client.
-        # (Built directly: dataclasses.replace costs several µs per message.)
-        response = ResponseRecord(
-            response.status,
-            response.reason,
-            response.headers,
-            response.body,
-            response.http_version,
-            attempt,
-            self._now(),
-            response.error,
-            record.method,
-        )
-        await outcomes.complete(delivery, response)
 
     async def _drain(self) -> None:
         """Let in-flight requests finish (bounded); what is cut off stays pending, not
@@ -393,6 +358,8 @@ class Worker:
             if pending:
                 await asyncio.wait(pending)
                 log.warning("drain timeout: %d requests left pending for reclaim", len(pending))
-        for lane in self._claims.lanes:
-            with contextlib.suppress(QueueError):
-                await lane.queue.release(self._settings.consumer)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_RELEASE_S):
+                for lane in self._claims.lanes:
+                    with contextlib.suppress(QueueError):
+                        await lane.queue.release(self._settings.consumer)

@@ -70,6 +70,7 @@ class Sender:
         #: Deliveries waiting for the breaker's permission.
         self.held = 0
         self._stopping = False
+        self._failed_probes = 0  # since the breaker opened (its log: open, then closed)
         self._app_seconds: dict[tuple[str, str], Histogram] = {}
 
     def stop(self) -> None:
@@ -172,15 +173,19 @@ class Sender:
         self._changed.set()  # a probe ended: the next may go
 
     def _on_breaker(self, old: State, new: State) -> None:
-        log.warning(
-            "circuit breaker %s",
-            new.name.lower().replace("_", "-"),
-            extra={
-                "from": old.name.lower(),
-                "upstream": self.name,
-                "address": str(self._pool.upstream),
-            },
-        )
+        """One line when the app is found down, one when it answers again: the probes
+        between (open, half-open, open, ...) are debug lines."""
+        extra = {"from": old.name.lower(), "upstream": self.name}
+        extra["address"] = str(self._pool.upstream)
+        if new is State.CLOSED:
+            extra["failed_probes"] = self._failed_probes
+            log.info("circuit breaker closed", extra=extra)
+        elif old is State.CLOSED:
+            self._failed_probes = 0
+            log.warning("circuit breaker open", extra=extra)
+        else:
+            self._failed_probes += new is State.OPEN
+            log.debug("circuit breaker %s", new.name.lower().replace("_", "-"), extra=extra)
         self._breaker_gauge.set(new.value)
         self._changed.set()
         self._on_change()

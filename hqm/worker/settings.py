@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from hqm.ops.access_log import AccessLogSettings
 from hqm.proto.headers import ForwardingPolicy
+from hqm.worker.heartbeat import HEARTBEAT_S
 from hqm.worker.upstream import PoolSettings
 
 #: Longest a claim blocks in Redis: bounds how late SIGTERM and maintenance are noticed.
@@ -42,6 +43,8 @@ class WorkerSettings:
     #: Exit once the queue is empty; give up on an unreachable queue after this long.
     burst: bool = False
     burst_queue_timeout_s: float = 0.0
+    #: --heartbeat: seconds between liveness writes (hqm.worker.heartbeat).
+    heartbeat_s: float = HEARTBEAT_S
     claim_block_s: float = CLAIM_BLOCK_S
     #: Per route name: the headers its ``inject_headers`` adds at replay (secrets: kept
     #: in the worker's own configuration, never in the queue).
