@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from hqm.ops.trouble import Trouble
 from hqm.queue.base import Queue, QueueError, distinct
 
 log = logging.getLogger("hqm.ops.due_promoter")
@@ -35,7 +36,9 @@ class DuePromoter:
         self._queues = distinct(queues)
         self._now = clock
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._trouble = Trouble(
+            "promotion of due requests", logger=log, effect="they wait for a worker", details=1
+        )
 
     async def promote(self) -> int:
         """One round over the queues: how many entries were moved."""
@@ -44,13 +47,10 @@ class DuePromoter:
             for queue in self._queues:
                 moved += await queue.promote_due(self._now())
         except QueueError as exc:
-            if not self._failing:
-                log.warning("cannot move due delayed requests into the queue: %s", exc)
-            self._failing = True
+            self._trouble.failed(exc)
             return moved
-        if self._failing:
-            log.info("due delayed requests moved into the queue again")
-        self._failing = False
+        if self._trouble.failing:
+            self._trouble.recovered()
         return moved
 
     async def _run(self) -> None:
