@@ -134,11 +134,12 @@ def check(config_path: str | None, as_json: bool, command: str | None, args: tup
 
 
 def _commands_of(config_path: str | None) -> list[str]:
+    where = f"--config {config_path}" if config_path else ""
     path = config_path or os.environ.get("HQM_CONFIG")
     if not path:
         return ["proxy", "worker"]
     try:
-        sections = load_file(path).sections
+        sections = load_file(path, where or f"HQM_CONFIG={path}").sections
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from None
     return [name for name in COMMANDS if name in sections] or ["proxy", "worker"]
