@@ -10,7 +10,7 @@ from typing import Any
 import click
 import orjson
 
-from hqm.cli.common import UsageFailure
+from hqm.cli.common import HELP_OPTIONS, UsageFailure
 from hqm.config.build import replay_key, route_table
 from hqm.config.commands import COMMANDS
 from hqm.config.openhqm_env import resolve_aliased, why_ignored
@@ -39,7 +39,9 @@ def _command_flags(name: str, args: tuple[str, ...]) -> dict[str, Any]:
         "status": status,
     }[name]
     try:
-        ctx = command.make_context(f"hqm {name}", list(args), resilient_parsing=False)
+        ctx = command.make_context(
+            f"hqm {name}", list(args), resilient_parsing=False, help_option_names=HELP_OPTIONS
+        )
     except click.exceptions.Exit:
         raise
     except click.ClickException as exc:
