@@ -5,12 +5,14 @@ traceback (issue 20, items 1, 2 and 7). Real processes, as a shell sees them.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 #: The environment of the host, less every hqm setting: each test gives its own.
 CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("HQM_", "OPENHQM_"))}
@@ -90,3 +92,70 @@ def test_an_endless_config_file_is_refused_not_read_to_the_end():
 def test_a_directory_as_config_is_one_line(tmp_path: Path):
     done = hqm("proxy", "--upstream", "a:1", env={"HQM_CONFIG": str(tmp_path)})
     assert f"HQM_CONFIG={tmp_path}: cannot read" in one_line_exit_2(done)
+
+
+# --- item 7: the replay key -------------------------------------------------------------
+#: The key k8s/base/replay-key.yaml ships (public: it is in the repository).
+EXAMPLE_KEY = yaml.safe_load(
+    (Path(__file__).resolve().parent.parent / "k8s/base/replay-key.yaml").read_text()
+)["stringData"]["key"]
+MAKE = "make one with `head -c 32 /dev/urandom | base64`"
+
+
+@pytest.mark.parametrize("command", ["proxy", "worker"])
+def test_the_shipped_example_replay_key_is_refused(tmp_path: Path, command):
+    key = tmp_path / "key"
+    key.write_text(EXAMPLE_KEY + "\n")  # as the Secret's volume holds it
+    args = ["--upstream", "a:1", "--redis", REDIS, "--replay-key-file", str(key)]
+    for words in ([command], ["config", "check", command]):
+        message = one_line_exit_2(hqm(*words, *args))
+        assert f"--replay-key-file {key}: the example key of k8s/base/replay-key.yaml" in message
+        assert MAKE in message
+    by_env = one_line_exit_2(hqm(command, *args[:4], env={"HQM_REPLAY_KEY": EXAMPLE_KEY.lower()}))
+    assert "HQM_REPLAY_KEY (--replay-key): the example key" in by_env
+
+
+@pytest.mark.parametrize("key", ["short", "x" * 31, "é" * 15 + "x"])
+def test_a_replay_key_under_32_bytes_is_refused(key: str):
+    for given in (["--replay-key", key], []):
+        env = {} if given else {"HQM_REPLAY_KEY": key}
+        message = one_line_exit_2(hqm("proxy", "--upstream", "a:1", *given, env=env))
+        origin = "--replay-key" if given else "HQM_REPLAY_KEY (--replay-key)"
+        needed = len(key.encode())
+        assert f"{origin}: the replay key is {needed} bytes, at least 32" in message
+        assert MAKE in message
+
+
+def test_a_replay_key_of_32_bytes_is_taken(tmp_path: Path):
+    key = tmp_path / "key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode()[:32] + "\n")
+    done = hqm("config", "check", "proxy", "--upstream", "a:1", "--replay-key-file", str(key))
+    assert done.returncode == 0, done.stderr
+    (row,) = [line.split() for line in done.stdout.splitlines() if "--replay-key-file" in line]
+    assert row == ["--replay-key-file", str(key), "flag"]
+    made = subprocess.run(
+        ["sh", "-c", "head -c 32 /dev/urandom | base64"], capture_output=True, text=True
+    ).stdout.strip()
+    done = hqm("config", "check", "proxy", "--upstream", "a:1", env={"HQM_REPLAY_KEY": made})
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_readme_step_that_makes_a_key_makes_one_hqm_takes(tmp_path: Path):
+    """The deploy steps' `sed` line, run on a copy of the Secret, leaves a key hqm takes."""
+    root = Path(__file__).resolve().parent.parent
+    (step,) = [
+        line
+        for line in (root / "README.md").read_text().splitlines()
+        if line.startswith("sed -i ") and "replay-key.yaml" in line
+    ]
+    (tmp_path / "k8s/base").mkdir(parents=True)
+    (tmp_path / "k8s/base/replay-key.yaml").write_text(
+        (root / "k8s/base/replay-key.yaml").read_text()
+    )
+    subprocess.run(["sh", "-c", step], cwd=tmp_path, check=True, timeout=30)
+    made = yaml.safe_load((tmp_path / "k8s/base/replay-key.yaml").read_text())
+    key = tmp_path / "key"
+    key.write_text(made["stringData"]["key"] + "\n")  # as the Secret's volume holds it
+    done = hqm("config", "check", "proxy", "--upstream", "a:1", "--replay-key-file", str(key))
+    assert done.returncode == 0, done.stderr
+    assert made["metadata"]["name"] == "hqm-replay-key" and len(made["stringData"]["key"]) == 44

@@ -63,10 +63,10 @@ def _valid(option: Option) -> tuple[str, Any]:
         return str(default + 1.5), default + 1.5
     if kind == "name":
         return "other-name", "other-name"
-    if kind == "path":  # (a file that exists: the replay key is read at start)
-        return "/etc/hostname", "/etc/hostname"
-    if kind == "secret":
-        return "s3cret-key", "s3cret-key"
+    if kind == "path":  # (a file of 32 bytes or more: the replay key is read at start)
+        return __file__, __file__
+    if kind == "secret":  # (a replay key: 32 bytes at least)
+        return "s3cret-key-of-the-test-32-bytes-long", "s3cret-key-of-the-test-32-bytes-long"
     raise AssertionError(f"no sample for {option.name} ({kind})")
 
 
