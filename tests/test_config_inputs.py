@@ -6,6 +6,7 @@ traceback (issue 20, items 1, 2 and 7). Real processes, as a shell sees them.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -159,3 +160,63 @@ def test_the_readme_step_that_makes_a_key_makes_one_hqm_takes(tmp_path: Path):
     done = hqm("config", "check", "proxy", "--upstream", "a:1", "--replay-key-file", str(key))
     assert done.returncode == 0, done.stderr
     assert made["metadata"]["name"] == "hqm-replay-key" and len(made["stringData"]["key"]) == 44
+
+
+# --- item 2: HQM_* variables that set nothing -------------------------------------------
+def test_config_check_lists_unknown_hqm_variables_with_the_closest_one():
+    env = {"HQM_PROXY_MAXBODY": "5", "HQM_MAX_BODY": "5", "hqm_redis": "redis://r:1/0"}
+    done = hqm("config", "check", "proxy", "--upstream", "a:1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "ignored: HQM_MAX_BODY (no hqm setting; did you mean HQM_PROXY_MAX_BODY?)",
+        "ignored: HQM_PROXY_MAXBODY (no hqm setting; did you mean HQM_PROXY_MAX_BODY?)",
+        "ignored: hqm_redis (no hqm setting; did you mean HQM_REDIS?)",
+    ]
+    (row,) = [line.split() for line in done.stdout.splitlines() if "--max-body" in line]
+    assert row[2] == "default"  # still ignored: a warning, not a guess
+
+
+def test_variables_hqm_reads_are_not_reported():
+    """Every table's variables (a proxy's block may hold the worker's), the supervisor's
+    child index and the test suite's HQM_TEST_* are no typos."""
+    env = {
+        "HQM_PARSER": "h11",
+        "HQM_CONFIG_X": "",  # (a near miss is reported: the control of this test)
+        "HQM_REPLAY_KEY": "k" * 32,
+        "HQM_WORKER_RATE": "5",
+        "HQM_STATUS_MAX_AGE": "5",
+        "HQM_DLQ_COUNT": "5",
+        "HQM_TEST_OUTAGE_S": "20",
+    }
+    done = hqm("config", "check", "proxy", "--upstream", "a:1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "ignored: HQM_CONFIG_X (no hqm setting; did you mean HQM_CONFIG?)"
+    ]
+
+
+def test_the_proxy_logs_an_unknown_variable_once_and_starts():
+    from tests.support import HqmProcess
+
+    proc = HqmProcess(
+        "proxy",
+        "--upstream",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        env={"HQM_PROXY_MAXBODY": "5"},
+    )
+    try:
+        proc.wait_ready()
+    finally:
+        proc.terminate()
+    warned = [json.loads(line) for line in proc.lines if "HQM_PROXY_MAXBODY" in line]
+    assert [(w["level"], w["msg"]) for w in warned] == [
+        (
+            "warning",
+            "environment variable ignored: HQM_PROXY_MAXBODY "
+            "(no hqm setting; did you mean HQM_PROXY_MAX_BODY?)",
+        )
+    ]

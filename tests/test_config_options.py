@@ -123,17 +123,22 @@ def _required(command: Command, option: Option, how: str) -> list[str]:
     return out
 
 
-def check(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+def _invoke(args: list[str], env: dict[str, str] | None):
     result = CliRunner().invoke(main, ["config", "check", *args], env=env or {})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
+    return result
+
+
+def check(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = _invoke(args, env)
     return result.exit_code, result.output
 
 
 def effective(command: str, args: list[str], env=None) -> dict[str, dict]:
-    code, out = check(["--json", command, *args], env)
-    assert code == 0, out
-    return {row["option"]: row for row in json.loads(out)[command]}
+    result = _invoke(["--json", command, *args], env)  # (stderr: variables ignored)
+    assert result.exit_code == 0, result.output
+    return {row["option"]: row for row in json.loads(result.stdout)[command]}
 
 
 def _toml(value: Any) -> str:
