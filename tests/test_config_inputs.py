@@ -9,25 +9,15 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-#: The environment of the host, less every hqm setting: each test gives its own.
-CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("HQM_", "OPENHQM_"))}
+from tests.support import HqmProcess, run_hqm
+
 REDIS = "redis://127.0.0.1:1/0"
-
-
-def hqm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hqm", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**CLEAN, **(env or {})},
-    )
+hqm = run_hqm
 
 
 def one_line_exit_2(done: subprocess.CompletedProcess) -> str:
@@ -196,8 +186,6 @@ def test_variables_hqm_reads_are_not_reported():
 
 
 def test_the_proxy_logs_an_unknown_variable_once_and_starts():
-    from tests.support import HqmProcess
-
     proc = HqmProcess(
         "proxy",
         "--upstream",

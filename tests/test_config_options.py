@@ -10,8 +10,6 @@ stderr as a shell sees them.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from hqm.cli.main import main
 from hqm.config.commands import COMMANDS
 from hqm.config.options import Option
 from hqm.config.tables import Command
+from tests.support import run_hqm
 
 #: Options every run of a command needs, and a value for each.
 REQUIRED = {"upstream": "127.0.0.1:8080", "redis": "redis://127.0.0.1:6390/0"}
@@ -321,16 +320,7 @@ def test_proxy_with_redis_takes_the_options_of_its_pass_through_routes(flag: str
 
 
 # --- as a shell sees it --------------------------------------------------------------
-def hqm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "hqm", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
+hqm = run_hqm
 
 
 @pytest.mark.parametrize(

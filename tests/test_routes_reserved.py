@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from hqm.cli.main import main
-from tests.support import Backend, HqmProcess, request
+from tests.support import Backend, proxy, request
 
 ROUTES = str(Path(__file__).resolve().parent.parent / "examples" / "routes.toml")
 ENV = {"REPORTS_TOKEN": "tok-123-secret"}
@@ -59,19 +59,7 @@ CASES = [
 @pytest.mark.parametrize("openhqm_api", ["--openhqm-api", "--no-openhqm-api"])
 def test_the_proxy_counts_each_request_on_the_route_routes_test_names(openhqm_api: str):
     backend = Backend()
-    hqm = HqmProcess(
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--upstream",
-        backend.address,
-        "--config",
-        ROUTES,
-        openhqm_api,
-        env=ENV,
-    ).wait_ready()
+    hqm = proxy(backend.address, "--config", ROUTES, openhqm_api, env=ENV)
     try:
         expected: dict[tuple[str, str], int] = {}
         for method, target in CASES:
