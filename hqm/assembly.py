@@ -291,7 +291,7 @@ async def run_proxy(
         "listening",
         extra={
             "listen": str(bound.listen),
-            "admin": str(bound.admin),
+            "admin": str(bound.admin or "off"),
             "upstream": str(settings.upstream),
             "queue": "redis" if settings.redis_url else "embedded",
             "parser": engine_name(settings.parser),
@@ -362,7 +362,7 @@ async def run_worker(
         "worker started",
         extra={
             "consumer": run.worker.consumer,
-            "admin": str(bound.admin),
+            "admin": str(bound.admin or "off"),
             "upstream": str(run.upstream),
             "upstreams": sorted(pools),
             "queues": str(run.queues),

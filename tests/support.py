@@ -205,9 +205,22 @@ class HqmProcess:
         return "".join(self.lines)
 
 
-def proxy(upstream: str, *extra: str) -> HqmProcess:
+def proxy(upstream: str, *extra: str, env: dict[str, str] | None = None) -> HqmProcess:
     args = ["proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", upstream]
-    return HqmProcess(*args, *extra).wait_ready()
+    return HqmProcess(*args, *extra, env=env).wait_ready()
+
+
+def run_hqm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``hqm ARGS`` to its end, as a shell runs it, with no HQM_* or OPENHQM_* setting of
+    the host's but ``env``'s."""
+    own = {k: v for k, v in os.environ.items() if not k.startswith(("HQM_", "OPENHQM_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "hqm", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**own, **(env or {})},
+    )
 
 
 @dataclass(frozen=True)

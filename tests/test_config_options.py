@@ -10,8 +10,6 @@ stderr as a shell sees them.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from hqm.cli.main import main
 from hqm.config.commands import COMMANDS
 from hqm.config.options import Option
 from hqm.config.tables import Command
+from tests.support import run_hqm
 
 #: Options every run of a command needs, and a value for each.
 REQUIRED = {"upstream": "127.0.0.1:8080", "redis": "redis://127.0.0.1:6390/0"}
@@ -63,10 +62,10 @@ def _valid(option: Option) -> tuple[str, Any]:
         return str(default + 1.5), default + 1.5
     if kind == "name":
         return "other-name", "other-name"
-    if kind == "path":  # (a file that exists: the replay key is read at start)
-        return "/etc/hostname", "/etc/hostname"
-    if kind == "secret":
-        return "s3cret-key", "s3cret-key"
+    if kind == "path":  # (a file of 32 bytes or more: the replay key is read at start)
+        return __file__, __file__
+    if kind == "secret":  # (a replay key: 32 bytes at least)
+        return "s3cret-key-of-the-test-32-bytes-long", "s3cret-key-of-the-test-32-bytes-long"
     raise AssertionError(f"no sample for {option.name} ({kind})")
 
 
@@ -123,17 +122,22 @@ def _required(command: Command, option: Option, how: str) -> list[str]:
     return out
 
 
-def check(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+def _invoke(args: list[str], env: dict[str, str] | None):
     result = CliRunner().invoke(main, ["config", "check", *args], env=env or {})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
+    return result
+
+
+def check(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = _invoke(args, env)
     return result.exit_code, result.output
 
 
 def effective(command: str, args: list[str], env=None) -> dict[str, dict]:
-    code, out = check(["--json", command, *args], env)
-    assert code == 0, out
-    return {row["option"]: row for row in json.loads(out)[command]}
+    result = _invoke(["--json", command, *args], env)  # (stderr: variables ignored)
+    assert result.exit_code == 0, result.output
+    return {row["option"]: row for row in json.loads(result.stdout)[command]}
 
 
 def _toml(value: Any) -> str:
@@ -316,16 +320,7 @@ def test_proxy_with_redis_takes_the_options_of_its_pass_through_routes(flag: str
 
 
 # --- as a shell sees it --------------------------------------------------------------
-def hqm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "hqm", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
+hqm = run_hqm
 
 
 @pytest.mark.parametrize(

@@ -242,3 +242,15 @@ def test_bad_redis_url_is_a_usage_error(url: str):
     assert done.stderr.startswith("Error: --redis: ")
     assert done.stderr.count("\n") == 1  # one line
     no_traceback(done)
+
+
+def test_list_says_when_it_shows_only_part(dead: Dead):
+    """Issue 20: `dlq list` showed 100 of 502 entries without a word."""
+    part = dlq("list", "--redis", dead.url, "--count", "2")
+    assert part.returncode == 0, part.stderr
+    assert len(part.stdout.splitlines()) == 1 + 2
+    assert "showing the oldest 2 dead letters; more follow" in part.stderr
+    whole = dlq("list", "--redis", dead.url, "--count", "3")
+    assert len(whole.stdout.splitlines()) == 1 + 3 and "more follow" not in whole.stderr
+    as_json = dlq("list", "--redis", dead.url, "--count", "2", "--json")
+    assert len(as_json.stdout.splitlines()) == 2 and "more follow" in as_json.stderr

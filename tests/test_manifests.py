@@ -8,9 +8,11 @@ what hqm resolves."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -159,6 +161,18 @@ class Resolved:
         return int(str(self.settings[option]).rsplit(":", 1)[1])
 
 
+#: The key k8s/base/replay-key.yaml ships: public, so hqm refuses it
+#: (test_the_shipped_example_replay_key_is_refused).
+EXAMPLE_KEY = yaml.safe_load((K8S / "base" / "replay-key.yaml").read_text())["stringData"]["key"]
+#: What the operator puts there before deploying, as the README says.
+OPERATOR_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _mounted(c: Any) -> dict[str, str]:
+    """The container's files, the example replay key replaced as the README says."""
+    return {p: OPERATOR_KEY if v == EXAMPLE_KEY else v for p, v in c.files().items()}
+
+
 def config_check(command: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """`hqm config check --json COMMAND ARGS` with exactly ``env`` for HQM_*."""
     clean = {k: None for k in os.environ if k.startswith(("HQM_", "OPENHQM_"))}
@@ -183,7 +197,7 @@ def resolve(build_name: str, container_id: str) -> Resolved:
         assert not name.startswith("HQM_") or name in known, f"{c.id}: {name} is no variable"
     with tempfile.TemporaryDirectory(prefix="hqm-pod-") as root:
         mapped = {}
-        for path, content in c.files().items():
+        for path, content in _mounted(c).items():
             local = Path(root, path.lstrip("/"))
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_text(content)
@@ -194,7 +208,9 @@ def resolve(build_name: str, container_id: str) -> Resolved:
                 assert path in mapped, f"{c.id}: {flag} {path} is in no mounted volume"
         local_args = [mapped.get(a, a) for a in args]
         settings = config_check(command, local_args, {k: mapped.get(v, v) for k, v in env.items()})
-    key = c.files()[_flag(tuple(args), "--replay-key-file")] if "--replay-key-file" in args else ""
+    key = (
+        _mounted(c)[_flag(tuple(args), "--replay-key-file")] if "--replay-key-file" in args else ""
+    )
     return Resolved(command, tuple(args), settings, key.strip())
 
 

@@ -331,11 +331,13 @@ def test_a_signed_replay_passes_straight_to_the_app_and_a_forged_one_is_refused(
     from hqm.proto.replay_token import sign
 
     key = tmp_path / "replay.key"
-    key.write_text("k3y\n")
+    key.write_text("k3y-of-the-passthrough-test-32-bytes\n")
     hqm = proxy(backend.address, "--redis", redis_server.url, "--replay-key-file", str(key))
     try:
         rid, request_of = "0123456789abcdef0123456789abcdef", {"method": b"POST", "target": b"/r"}
-        token = sign(b"k3y", rid, time.time(), **request_of, body=b"x")
+        token = sign(
+            b"k3y-of-the-passthrough-test-32-bytes", rid, time.time(), **request_of, body=b"x"
+        )
         passed = request(hqm.port, b"POST", b"/r", [(b"Host", b"a"), (b"HQM-Replay", token)], b"x")
         assert passed.status == 200  # the app's own answer: not queued again
         (seen,) = backend.seen

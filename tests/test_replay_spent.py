@@ -27,7 +27,7 @@ from tests.test_worker_redis import STREAM, Spawner, admin_client, spawn
 
 __all__ = ["redis_server", "spawn"]  # fixtures, imported for pytest
 
-KEY = b"replay-secret"
+KEY = b"replay-secret-of-the-test-32-bytes"
 RID = "0123456789abcdef0123456789abcdef"
 ROUTES = """
 [[routes]]

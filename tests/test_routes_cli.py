@@ -123,7 +123,14 @@ def test_the_readme_routes_test_example_is_real_output():
 
 
 def test_the_replay_key_is_redacted_and_its_errors_are_one_line(tmp_path):
-    shown = run("config", "check", "proxy", "--upstream", "a:1", env={"HQM_REPLAY_KEY": "k-s3cret"})
+    shown = run(
+        "config",
+        "check",
+        "proxy",
+        "--upstream",
+        "a:1",
+        env={"HQM_REPLAY_KEY": "k-s3cret-of-the-test-32-bytes-long"},
+    )
     assert shown.exit_code == 0, shown.output
     assert "--replay-key" in shown.output and "<redacted>" in shown.output
     assert "k-s3cret" not in shown.output

@@ -16,6 +16,10 @@ from hqm.config.options import ConfigError
 from hqm.config.resolve import Effective
 from hqm.config.tables import Command
 
+#: -h as well as --help, on every command: the group's context passes it down; a command
+#: parsed on its own (``hqm config check proxy -h``) is given it.
+HELP_OPTIONS = ["-h", "--help"]
+
 
 class UsageFailure(click.ClickException):
     """A setting that cannot be used: one line on stderr, exit 2."""

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import orjson
 
-from hqm.cli.common import UsageFailure
+from hqm.cli.common import HELP_OPTIONS, UsageFailure
 from hqm.config.build import replay_key, route_table
 from hqm.config.commands import COMMANDS
 from hqm.config.openhqm_env import resolve_aliased, why_ignored
@@ -39,7 +39,9 @@ def _command_flags(name: str, args: tuple[str, ...]) -> dict[str, Any]:
         "status": status,
     }[name]
     try:
-        ctx = command.make_context(f"hqm {name}", list(args), resilient_parsing=False)
+        ctx = command.make_context(
+            f"hqm {name}", list(args), resilient_parsing=False, help_option_names=HELP_OPTIONS
+        )
     except click.exceptions.Exit:
         raise
     except click.ClickException as exc:
@@ -134,11 +136,12 @@ def check(config_path: str | None, as_json: bool, command: str | None, args: tup
 
 
 def _commands_of(config_path: str | None) -> list[str]:
+    where = f"--config {config_path}" if config_path else ""
     path = config_path or os.environ.get("HQM_CONFIG")
     if not path:
         return ["proxy", "worker"]
     try:
-        sections = load_file(path).sections
+        sections = load_file(path, where or f"HQM_CONFIG={path}").sections
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from None
     return [name for name in COMMANDS if name in sections] or ["proxy", "worker"]

@@ -76,7 +76,15 @@ def list_(as_json: bool, **flags) -> None:
     """List dead letters, oldest first."""
     values = settings_or_exit(DLQ, flags)
     count = values["count"]
-    letters = _run(values["redis"], values["queue"], lambda q: q.dead_letters(count))
+    # (one more than shown: whether the list is whole)
+    letters = _run(values["redis"], values["queue"], lambda q: q.dead_letters(count + 1))
+    if len(letters) > count:
+        letters = letters[:count]
+        click.echo(  # on stderr: stdout stays the list
+            f"showing the oldest {count} dead letters; more follow (`hqm status` counts "
+            "them; --count N lists more)",
+            err=True,
+        )
     if as_json:
         for letter in letters:
             click.echo(orjson.dumps(_letter_dict(letter, full=False)))
@@ -98,7 +106,9 @@ def list_(as_json: bool, **flags) -> None:
 @dlq.command()
 @table_options(DLQ, without=("count",))
 @click.argument("entry")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object, the body's first 200 bytes."
+)
 def show(entry: str, as_json: bool, **flags) -> None:
     """Show one dead letter in full."""
     redis_url, queue = _values(flags)
@@ -124,7 +134,7 @@ def show(entry: str, as_json: bool, **flags) -> None:
 @table_options(DLQ, without=("count",))
 @click.argument("entry", required=False)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help='JSON: {"replayed": [ENTRY, ...]}.')
 def replay(entry: str | None, replay_all: bool, as_json: bool, **flags) -> None:
     """Queue dead letters again (attempts start over)."""
     if bool(entry) == replay_all:
@@ -153,7 +163,7 @@ def replay(entry: str | None, replay_all: bool, as_json: bool, **flags) -> None:
 @dlq.command()
 @table_options(DLQ, without=("count",))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help='JSON: {"purged": COUNT}.')
 def purge(yes: bool, as_json: bool, **flags) -> None:
     """Delete every dead letter of the queue."""
     redis_url, queue = _values(flags)

@@ -7,6 +7,7 @@ import sys
 import click
 
 from hqm import __version__
+from hqm.cli.common import HELP_OPTIONS
 from hqm.cli.config_check import config
 from hqm.cli.dlq import dlq
 from hqm.cli.iptables import iptables
@@ -16,7 +17,7 @@ from hqm.cli.status import status
 from hqm.cli.worker import worker
 
 
-@click.group(context_settings={"max_content_width": 100})
+@click.group(context_settings={"max_content_width": 100, "help_option_names": HELP_OPTIONS})
 @click.version_option(__version__, prog_name="hqm")
 def main() -> None:
     """OpenHQM: a durable queue in front of any HTTP/1.1 app."""

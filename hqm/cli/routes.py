@@ -15,11 +15,12 @@ from urllib.parse import urlsplit
 import click
 import orjson
 
-from hqm.cli.common import UsageFailure
+from hqm.cli.common import UsageFailure, help_text
 from hqm.config.build import route_table
 from hqm.config.options import ConfigError
 from hqm.config.resolve import resolve
 from hqm.config.tables import PROXY
+from hqm.ingress.reserved import reserved_routes
 from hqm.ingress.routes import AMBIGUOUS, BAD_TARGET, Route, RouteTable, sticky_key
 from hqm.proto.events import RequestHead
 
@@ -75,6 +76,9 @@ def explain(table: RouteTable, head: RequestHead, client: str, proxy: dict[str, 
         matches = [decision.error]
     else:
         matches = _conditions(route) if index else ["no route matched: the default route"]
+    if route.action == "api":  # hqm's own endpoints, before every configured route
+        matches = [f"path {route.path}: hqm's own API, before the configured routes"]
+        return {"route": route.name, "position": None, "matches": matches, "action": "api"}
     out: dict[str, Any] = {"route": route.name, "position": index, "matches": matches}
     if decision.target is not None:
         out["normalized_target"] = decision.target.decode("latin-1")
@@ -118,6 +122,9 @@ def _text(result: dict) -> str:
     if action == "reject":
         lines.append(f"action    reject with {result['status']}")
         return "\n".join(lines)
+    if action == "api":
+        lines.append("action    api: answered by hqm itself, never queued nor sent to the app")
+        return "\n".join(lines)
     split = result.get("split")
     if split:
         lines.append(
@@ -146,6 +153,12 @@ def _text(result: dict) -> str:
 @click.option("-H", "--header", "header_lines", multiple=True, help="A request header.")
 @click.option("--client", default="127.0.0.1", show_default=True, help="Client address.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for machines.")
+@click.option(
+    "--openhqm-api/--no-openhqm-api",
+    "openhqm_api",
+    default=None,
+    help=help_text(PROXY, PROXY.option("openhqm-api")),
+)
 @click.argument("method")
 @click.argument("url")
 def test(
@@ -153,6 +166,7 @@ def test(
     header_lines: tuple[str, ...],
     client: str,
     as_json: bool,
+    openhqm_api: bool | None,
     method: str,
     url: str,
 ) -> None:
@@ -161,8 +175,10 @@ def test(
     env = dict(os.environ)
     env.setdefault("HQM_PROXY_UPSTREAM", _NO_UPSTREAM)
     try:
-        values = resolve(PROXY, {"config": config_path}, env)
+        values = resolve(PROXY, {"config": config_path, "openhqm_api": openhqm_api}, env)
         table = route_table(values, ambiguous=values["ambiguous-path"])
+        # (as the proxy's table: hqm's own endpoints first)
+        table = table.with_reserved(reserved_routes(values["openhqm-api"]))
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from None
     result = explain(table, head, client, {"mode": values["mode"], "wait": values["wait"]})

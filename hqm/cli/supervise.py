@@ -37,12 +37,13 @@ from dataclasses import dataclass
 import click
 
 from hqm.cli.common import UsageFailure
+from hqm.config.unknown_env import PROCESS_INDEX
 from hqm.io.address import Address
 
 log = logging.getLogger("hqm.supervise")
 
 #: The environment variable naming a child's index (set by the supervisor only).
-CHILD_ENV = "HQM_PROCESS_INDEX"
+CHILD_ENV = PROCESS_INDEX
 #: Restarts of one child within RESTART_WINDOW_S beyond which the supervisor gives up:
 #: a child that cannot stay up (its admin port taken, say) would otherwise loop forever.
 MAX_RESTARTS = 5

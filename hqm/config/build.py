@@ -19,7 +19,7 @@ from hqm.io.iptables_rules import Family, InboundPlan
 from hqm.ops.access_log import AccessLogSettings
 from hqm.ops.queue_gauges import StatsSettings
 from hqm.proto.headers import ForwardingPolicy
-from hqm.proto.limits import Limits
+from hqm.proto.limits import MIN_REPLAY_KEY_BYTES, Limits
 from hqm.worker.queues import QueueSet
 from hqm.worker.settings import WorkerSettings
 from hqm.worker.upstream import PoolSettings
@@ -68,14 +68,24 @@ def access_log_settings(values: Effective) -> AccessLogSettings:
     return AccessLogSettings(mode=values["access-log"], sample=values["access-log-sample"])
 
 
+#: How to make a key, in every refusal: 32 random bytes, base64 (44 characters).
+MAKE_KEY = "make one with `head -c 32 /dev/urandom | base64`"
+#: The key k8s/base/replay-key.yaml ships is public (it is in the repository): a key
+#: starting so was never replaced.
+EXAMPLE_KEY_PREFIX = b"REPLACE-ME"
+
+
 def replay_key(values: Effective) -> bytes | None:
     """The HQM-Replay key: from --replay-key-file (its bytes, a final newline dropped)
-    or --replay-key; both at once is an error, as is an empty or unreadable file."""
+    or --replay-key; both at once is an error, as is an empty or unreadable file, a key
+    shorter than MIN_REPLAY_KEY_BYTES or the manifests' public example."""
     file, key = values["replay-key-file"], values["replay-key"]
     if file is not None and key is not None:
         raise ConfigError("--replay-key-file and --replay-key: give one of them")
     if key is not None:
-        return key.encode()
+        origin = next(s.origin for s in values if s.option.name == "replay-key")
+        where = "--replay-key" if origin == "--replay-key" else f"{origin} (--replay-key)"
+        return _strong(key.encode(), where)
     if file is None:
         return None
     try:
@@ -85,7 +95,21 @@ def replay_key(values: Effective) -> bytes | None:
         raise ConfigError(f"--replay-key-file {file}: cannot read: {exc.strerror}") from None
     if not data:
         raise ConfigError(f"--replay-key-file {file}: the file is empty")
-    return data
+    return _strong(data, f"--replay-key-file {file}")
+
+
+def _strong(key: bytes, where: str) -> bytes:
+    """Whoever knows the key sends requests past the queue: refuse a guessable one."""
+    if key.upper().startswith(EXAMPLE_KEY_PREFIX):
+        raise ConfigError(
+            f"{where}: the example key of k8s/base/replay-key.yaml is public; {MAKE_KEY}"
+        )
+    if len(key) < MIN_REPLAY_KEY_BYTES:
+        raise ConfigError(
+            f"{where}: the replay key is {len(key)} bytes, at least {MIN_REPLAY_KEY_BYTES} "
+            f"are needed; {MAKE_KEY}"
+        )
+    return key
 
 
 def route_table(values: Effective, *, ambiguous: str = DEFAULT_AMBIGUOUS) -> RouteTable:

@@ -29,6 +29,7 @@ from hqm.config.commands import COMMANDS
 from hqm.config.options import ConfigError
 from hqm.config.resolve import Effective, Source, resolve
 from hqm.config.tables import Command
+from hqm.config.unknown_env import unknown, why_unknown
 
 PREFIX = "OPENHQM_"
 #: A value is converted knowing every OPENHQM_ setting (``--listen`` is HOST and PORT).
@@ -272,7 +273,7 @@ def _converted(name: str, value: str, target: Target, given: Mapping[str, str]) 
 @dataclass(frozen=True, slots=True)
 class Resolved:
     effective: Effective
-    #: OPENHQM_ variables to log once as ignored.
+    #: OPENHQM_ variables to log once as ignored, and HQM_ ones that set nothing.
     ignored: tuple[str, ...]
 
 
@@ -303,10 +304,13 @@ def resolve_aliased(
             why = aliases.defaulted[setting.origin].why
             setting = replace(setting, source=Source.DEFAULT, origin=f"OpenHQM default: {why}")
         settings.append(setting)
-    return Resolved(replace(effective, settings=tuple(settings)), aliases.ignored)
+    ignored = (*aliases.ignored, *unknown(env))
+    return Resolved(replace(effective, settings=tuple(settings)), ignored)
 
 
 def why_ignored(name: str) -> str:
+    if not name.upper().startswith(PREFIX):
+        return why_unknown(name)
     alias = _alias_of(name)
     return alias.note if alias is not None else "not a setting of the original OpenHQM"
 
@@ -315,7 +319,8 @@ def log_ignored(names: tuple[str, ...]) -> None:
     """Once per process, after logging is set up: each OPENHQM_ setting hqm ignores."""
     for name in names:
         log.warning(
-            "OpenHQM setting ignored: %s (%s)",
+            "%s ignored: %s (%s)",
+            "OpenHQM setting" if name.upper().startswith(PREFIX) else "environment variable",
             name,
             why_ignored(name),
             extra={"setting": name},

@@ -20,6 +20,7 @@ from hqm.config.commands import COMMANDS
 from hqm.config.options import ConfigError, Option
 from hqm.config.tables import Command
 from hqm.io.address import Address, parse_upstream
+from hqm.proto.limits import MAX_CONFIG_BYTES
 
 #: Upstream names are metric labels and route references: short and plain.
 _UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -103,15 +104,41 @@ def _shared_keys() -> dict[str, Option]:
     return {o.key: o for c in COMMANDS.values() for o in c.options if o.shared and o.in_file}
 
 
-def load_file(path: str) -> ConfigFile:
-    """Read and check a config file; every problem is a ConfigError naming it."""
+#: A UTF-8 byte order mark. TOML allows none, but Windows editors (Notepad, older
+#: PowerShell's ``Out-File``) write one, and it is no content: it is skipped, as
+#: Python's ``utf-8-sig`` codec does, rather than refused as "Invalid statement".
+_BOM = b"\xef\xbb\xbf"
+
+
+def _decoded(raw: bytes, where: str) -> str:
+    """The file's text: UTF-8 (TOML's only encoding), a leading BOM skipped."""
+    start = len(_BOM) if raw.startswith(_BOM) else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = start + exc.start
+        line = raw.count(b"\n", 0, offset) + 1
+        raise ConfigError(
+            f"{where}: not UTF-8: byte 0x{raw[offset]:02x} at offset {offset} "
+            f"(line {line}); TOML files are UTF-8"
+        ) from None
+
+
+def load_file(path: str, where: str = "") -> ConfigFile:
+    """Read and check a config file; every problem is a ConfigError naming it (and
+    ``where`` it was given: "--config PATH" unless said, e.g. "HQM_CONFIG=PATH")."""
+    where = where or f"--config {path}"
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: longer than {MAX_CONFIG_BYTES} bytes (a ConfigMap's most)")
+    try:
+        data = tomllib.loads(_decoded(raw, where))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     shared = _shared_keys()
     sections: dict[str, dict[str, Any]] = {"": {}}
     upstreams: dict[str, Address] = {}
@@ -172,8 +199,8 @@ def resolve(command: Command, flags: Mapping[str, Any], env: Mapping[str, str]) 
 
     ``flags`` maps option dests to what click parsed (None: not given).
     """
-    config_path = _config_path(command, flags, env)
-    config = load_file(config_path) if config_path else None
+    config_path, where = _config_path(command, flags, env)
+    config = load_file(config_path, where) if config_path else None
     settings = []
     for option in command.options:
         setting = _one(command, option, flags, env, config)
@@ -189,14 +216,19 @@ def resolve(command: Command, flags: Mapping[str, Any], env: Mapping[str, str]) 
     return effective
 
 
-def _config_path(command: Command, flags: Mapping[str, Any], env: Mapping[str, str]) -> str:
+def _config_path(
+    command: Command, flags: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[str, str]:
+    """The --config file's path, and where it was given ("" for none)."""
     option = command.option("config")
     if flags.get(option.dest) is not None:
-        return _parse(option, flags[option.dest], option.flag)
+        path = _parse(option, flags[option.dest], option.flag)
+        return path, f"{option.flag} {path}"
     for name in command.env_names(option):
         if name in env:
-            return _parse(option, env[name], f"{name} ({option.flag})")
-    return ""
+            path = _parse(option, env[name], f"{name} ({option.flag})")
+            return path, f"{name}={path}"
+    return "", ""
 
 
 def _one(

@@ -20,10 +20,10 @@ from typing import Any
 from hqm.ingress.admission import AdmissionError, admit
 from hqm.ingress.caller import owner
 from hqm.ingress.held import HeldWaits
-from hqm.ingress.openhqm_api import PREFIX as OPENHQM_PREFIX
 from hqm.ingress.openhqm_api import OpenHqmApi
 from hqm.ingress.passthrough import PassThrough
 from hqm.ingress.replay_gate import ReplayGate
+from hqm.ingress.reserved import reserved_routes
 from hqm.ingress.results_api import API_PREFIX as _API_PREFIX
 from hqm.ingress.results_api import RETRY_AFTER as _RETRY_AFTER
 from hqm.ingress.results_api import ResultsApi, accepted_reply, queue_failure
@@ -55,10 +55,6 @@ log = logging.getLogger("hqm.ingress")
 #: Transparent mode: a port no app is configured on (502, never dialled); a worker's
 #: signed replay (straight to the app, as it was already queued once).
 _NO_APP = Route(name="transparent", action="reject", status=502)
-#: hqm's own endpoints, matched before the configured routes on every reading of a
-#: path (so no spelling of /_hqm/... reaches the app, nor an app path reaches hqm's).
-_RESULTS_ROUTE = Route(name="api", action="api", path=_API_PREFIX.decode() + "*")
-_OPENHQM_ROUTE = Route(name="api", action="api", path=OPENHQM_PREFIX.decode() + "*")
 REPLAY_HEADER_LOWER = HEADER.lower()
 
 
@@ -87,8 +83,7 @@ class ProxyHandler:
         #: By name, every queue a route names (the default queue among them).
         self._queues = dict(queues or {})
         self._queues.setdefault(queue.name, queue)
-        reserved = (_RESULTS_ROUTE, _OPENHQM_ROUTE) if settings.openhqm_api else (_RESULTS_ROUTE,)
-        self._routes = settings.routes.with_reserved(reserved)
+        self._routes = settings.routes.with_reserved(reserved_routes(settings.openhqm_api))
         self._pass = passthrough
         #: Transparent mode: the configured app of each port ("default" first).
         self._by_port = {address.port: name for name, address in settings.upstreams.items()}
@@ -182,6 +177,7 @@ class ProxyHandler:
         if decision.target is not None:  # hqm's API, or a path normalized
             head = replace(head, target=decision.target)
         if decision.action == "api":
+            self._route_count(decision.route.name, "api")
             if head.target.startswith(_API_PREFIX) or self._openhqm is None:
                 return await self._results(head, peer.host)
             return await self._openhqm(head, body, peer)

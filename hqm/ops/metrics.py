@@ -28,7 +28,8 @@ class ProxyMetrics:
         self.routed = Counter(
             "hqm_proxy_routed",
             'Requests by route (its name; "default" when none matched) and what became of '
-            "them: queue, pass or reject.",
+            'them: queue, pass or reject; hqm\'s own API (/_hqm/, /api/v1/) is route "api", '
+            'action "api".',
             ["route", "action"],
             registry=registry,
         )

@@ -104,6 +104,14 @@ MAX_SPENT_TOKENS = 100_000
 #: schedule time. A scheduled request waits in Redis memory; further out a scheduler
 #: is the better tool, and a typo ("3600000") is refused instead of kept for months.
 MAX_DELAY_S = 30 * 24 * 3600.0
+#: Largest --config file read: 1 MiB, the most a Kubernetes ConfigMap holds (where the
+#: file usually comes from). A longer file is no configuration; ``--config /dev/zero``
+#: is refused after 1 MiB instead of filling memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Shortest HQM-Replay key: 32 bytes, the output size of the HMAC's SHA-256 (RFC 2104
+#: section 3: a key shorter than that weakens the MAC). ``head -c 32 /dev/urandom |
+#: base64`` (44 characters) makes one.
+MIN_REPLAY_KEY_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
