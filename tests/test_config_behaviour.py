@@ -172,7 +172,7 @@ def test_admin_port_in_use_names_the_flag_and_off_disables_it(redis_server):
         started = [
             json.loads(line) for line in done.stderr.splitlines() if "worker started" in line
         ]
-        assert started and started[0]["admin"] == "None"
+        assert started and started[0]["admin"] == "off"
 
 
 def test_two_workers_on_one_host_with_their_own_admin_ports(redis_server, backend):
