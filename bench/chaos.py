@@ -452,7 +452,7 @@ def unrecorded_index(procs: list[c.Proc]) -> dict[str, list[float]]:
                     with contextlib.suppress(ValueError, KeyError, IndexError):
                         entry = json.loads(line)
                         rid = entry["msg"].split("could not record ", 1)[1].split(":", 1)[0]
-                        out[rid].append(entry["ts"])
+                        out[rid].append(c.epoch_of(entry["ts"]))
     return out
 
 
@@ -472,7 +472,7 @@ def error_lines(procs: list[c.Proc], start_wall: float) -> list[dict]:
                     out.append(
                         {
                             "proc": proc.name,
-                            "at_s": entry["ts"] - start_wall,
+                            "at_s": c.epoch_of(entry["ts"]) - start_wall,
                             "msg": entry["msg"],
                             "exc": last[0] if last else "",
                         }

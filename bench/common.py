@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 # reporting lives in bench/report.py; re-exported for the benches that use common as c
@@ -42,6 +43,11 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 _LIVE: list[Proc] = []
 TMP = Path(tempfile.mkdtemp(prefix="hqm-bench-"))
+
+
+def epoch_of(ts: str) -> float:
+    """A log line's ``ts`` (RFC 3339 UTC, hqm.ops.logs) as epoch seconds."""
+    return datetime.fromisoformat(ts).timestamp()
 
 
 def free_port() -> int:
@@ -94,7 +100,7 @@ class Proc:
                 with contextlib.suppress(ValueError):
                     if marker in line and json.loads(line).get("msg") == marker:
                         self.ready_at = time.monotonic()
-                        self.ready_ts = json.loads(line)["ts"]  # wall clock, as logged
+                        self.ready_ts = epoch_of(json.loads(line)["ts"])  # as logged
                         return json.loads(line)
             self._check_alive()
             time.sleep(0.01)

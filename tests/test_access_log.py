@@ -6,8 +6,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import struct
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -34,6 +37,8 @@ from tests.support import (
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+#: Every log line's ts (hqm.ops.logs): RFC 3339, UTC, milliseconds.
+RFC3339_UTC_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 TRACEPARENT = b"00-" + TRACE_ID.encode() + b"-00f067aa0ba902b7-01"
 #: Odd but legal bytes: hqm must pass them on exactly as they came.
 TRACESTATE = b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
@@ -182,6 +187,7 @@ def test_a_full_buffer_drops_and_counts_instead_of_blocking():
 
 
 def test_one_line_per_request_with_its_fields(backend):
+    started = time.time()
     hqm = proxy(backend.address, "--access-log", "on")
     try:
         ids = []
@@ -199,9 +205,13 @@ def test_one_line_per_request_with_its_fields(backend):
             assert line["id"] == request_id and line["mode"] == "async"
             assert line["route"] == "default" and line["client"] == "127.0.0.1"
             assert line["bytes_in"] == n and line["bytes_out"] > 0
-            assert line["duration_ms"] >= 0 and line["ts"] > 0
+            assert line["duration_ms"] >= 0 and RFC3339_UTC_MS.fullmatch(line["ts"])
+            logged = datetime.fromisoformat(line["ts"]).timestamp()
+            assert started - 1 <= logged <= time.time() + 1  # UTC, the wall clock
             assert "trace_id" not in line
         assert lines[5]["action"] == "api" and lines[5]["method"] == "GET"
+        every = [json.loads(line) for line in hqm.lines if line.startswith("{")]
+        assert len(every) > len(lines) and all(RFC3339_UTC_MS.fullmatch(x["ts"]) for x in every)
         # the embedded worker's lines: one per finished request
         assert wait_until(lambda: len(access_lines(hqm, "finished")) == 5)
         metrics = request(hqm.admin_port, b"GET", b"/metrics").body

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from hqm.io.streams import ResponseStream
+from hqm.ops.logs import timestamp
 from hqm.proto.envelope import RequestRecord
 from hqm.proto.events import RequestHead
 from hqm.proto.headers import REQUEST_ID, header_value
@@ -145,8 +146,9 @@ class AccessLog:
         buffer = self._buffer
         while buffer:
             entry = buffer.popleft()
-            line = {"ts": entry.get("ts"), "level": "info", "logger": LOGGER, "msg": ""}
+            line = {"ts": "", "level": "info", "logger": LOGGER, "msg": ""}
             line.update(entry)
+            line["ts"] = timestamp(entry["ts"])  # (formatted here, off the request's path)
             lines.append(orjson.dumps(line, default=str))
         if not lines or self._stream is None:
             return
