@@ -79,9 +79,10 @@ def json_answer(status: int, body: bytes, *headers: bytes) -> bytes:
     )
 
 
-def text_refusal(status: int, body: bytes) -> bytes:
+def refusal(status: int, body: bytes) -> bytes:
+    """The protocol layer's refusal: JSON, as every error answer hqm makes."""
     return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (status, phrase(status), len(body))
     ) + body
 
@@ -132,46 +133,46 @@ REFUSALS = {
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
         b"\r\n0\r\n\r\n",
         400,
-        b"Content-Length with Transfer-Encoding\n",
+        b'{"error":"Content-Length with Transfer-Encoding"}',
     ),
     "400-te-http10": (
         b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         400,
-        b"Transfer-Encoding in an HTTP/1.0 request\n",
+        b'{"error":"Transfer-Encoding in an HTTP/1.0 request"}',
     ),
     "400-closed-mid-body": (
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
         400,
         None,
     ),
-    "408": (b"GET /slow HTTP/1.1\r\nHost: a\r\n", 408, b"request timeout\n"),
+    "408": (b"GET /slow HTTP/1.1\r\nHost: a\r\n", 408, b'{"error":"request timeout"}'),
     "413": (
         b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n",
         413,
-        b"request body too large\n",
+        b'{"error":"request body too large"}',
     ),
     "413-chunked": (
         b"POST /big HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n"
         + b"x" * 101
         + b"\r\n0\r\n\r\n",
         413,
-        b"request body too large\n",
+        b'{"error":"request body too large"}',
     ),
     "431": (raw_request(b"GET", b"/", [BIG_HEADER]), 431, None),
     "501-connect": (
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
         501,
-        b"CONNECT is not supported\n",
+        b'{"error":"CONNECT is not supported"}',
     ),
     "501-upgrade": (
         raw_request(b"GET", b"/ws", [(b"Upgrade", b"websocket")]),
         501,
-        b"Upgrade is not supported\n",
+        b'{"error":"Upgrade is not supported"}',
     ),
     "505": (
         b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
         505,
-        b"only HTTP/1.0 and HTTP/1.1 are spoken here\n",
+        b'{"error":"only HTTP/1.0 and HTTP/1.1 are spoken here"}',
     ),
 }
 
@@ -182,8 +183,8 @@ def test_refusals_carry_the_standard_reason_phrase(hqm, case):
     answer = exchange(hqm.port, raw, half_close=case == "400-closed-mid-body")
     if body is None:  # refused by h11 (or by whichever of h11 and hqm sees it first)
         body = split(answer)[1]
-        assert body.endswith(b"\n") and len(body) > 1
-    assert answer == text_refusal(status, body)
+        assert set(orjson.loads(body)) == {"error"} and orjson.loads(body)["error"]
+    assert answer == refusal(status, body)
 
 
 def test_json_answers_carry_the_standard_reason_phrase(hqm):
@@ -274,7 +275,7 @@ def test_head_in_async_mode_gets_the_202_framed_like_get(hqm):
 
 def test_head_of_a_408_has_no_body(hqm):
     answer = exchange(hqm.port, b"HEAD /slow HTTP/1.1\r\nHost: a\r\n")
-    assert answer == split(text_refusal(408, b"request timeout\n"))[0]
+    assert answer == split(refusal(408, b'{"error":"request timeout"}'))[0]
 
 
 def test_head_of_a_stored_get_answer_is_framed_like_the_get(app, hqm):

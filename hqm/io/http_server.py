@@ -27,7 +27,7 @@ from hqm.proto.events import (
     RequestReceived,
     RequestStarted,
 )
-from hqm.proto.framing import too_many_connections
+from hqm.proto.framing import ERROR_CONTENT_TYPE, error_body, too_many_connections
 from hqm.proto.limits import RETRY_AFTER_S, Limits
 from hqm.proto.server import ServerConnection
 
@@ -61,7 +61,7 @@ class Peer:
 #: Future it resolves from a callback). Its last argument is what the listener's
 #: ``Routing.classify`` said of the head (None without routing).
 Handler = Callable[[RequestHead, bytes, Peer, Any], Reply | Awaitable[Reply]]
-_INTERNAL_ERROR = Reply(500, [(b"Content-Type", b"text/plain")], b"internal error\n")
+_INTERNAL_ERROR = Reply(500, [(b"Content-Type", ERROR_CONTENT_TYPE)], error_body("internal error"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ class Routing:
 
 class HttpProtocol(StreamingMixin, asyncio.Protocol):
     #: What a streamed request gets when its handler fails before answering.
-    bad_gateway = Reply(502, [(b"Content-Type", b"text/plain")], b"bad gateway\n")
+    bad_gateway = Reply(502, [(b"Content-Type", ERROR_CONTENT_TYPE)], error_body("bad gateway"))
 
     def __init__(
         self,

@@ -9,6 +9,8 @@ import re
 from collections.abc import Iterable
 from http import HTTPStatus
 
+import orjson
+
 from hqm.proto import grammar
 
 _PHRASES = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -120,14 +122,24 @@ def answer_bytes(
     return head if body is None else head + body
 
 
+#: hqm's refusals of the protocol layer (400, 408, 413, 431, 501, 505, 503) are JSON
+#: ``{"error": "..."}``, as every other error answer hqm makes (routes, queue, API).
+ERROR_CONTENT_TYPE = b"application/json"
+
+
+def error_body(message: str) -> bytes:
+    """The body of an error answer hqm makes itself."""
+    return orjson.dumps({"error": message})
+
+
 def raw_error(status: int, message: str, *, head: bool, extra: bytes = b"") -> bytes:
     """An error answer written without h11 (it refused to frame one, or no request has
     come yet); no body for HEAD. ``extra``: more header lines, CRLF-terminated."""
-    body = message.encode("utf-8", "replace") + b"\n"
+    body = error_body(message)
     return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
         b"Content-Length: %d\r\n%sConnection: close\r\n\r\n"
-        % (status, reason_phrase(status), len(body), extra)
+        % (status, reason_phrase(status), ERROR_CONTENT_TYPE, len(body), extra)
     ) + (b"" if head else body)
 
 

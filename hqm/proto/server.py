@@ -36,9 +36,11 @@ from hqm.proto.events import (
     RequestStarted,
 )
 from hqm.proto.framing import (
+    ERROR_CONTENT_TYPE,
     NO_BODY_STATUSES,
     answer_bytes,
     client_keeps_alive,
+    error_body,
     framed,
     raw_error,
     reason_phrase,
@@ -354,7 +356,7 @@ class ServerConnection:
         return self._reject(408, "request timeout")
 
     def _reject(self, status: int, message: str) -> Rejected:
-        """Answer ``status`` with ``message`` as a text body (none for a HEAD), then close."""
+        """Answer ``status`` with ``message`` as a JSON body (none for a HEAD), then close."""
         head = self._method == b"HEAD" or (self._method is None and self._line_start == b"HEAD ")
         if self._head is not None:
             self._ready_for_h11_answer()
@@ -363,9 +365,9 @@ class ServerConnection:
             # said on this connection but its close.
             self._failed = True
             return Rejected(status, message)
-        body = message.encode("utf-8", "replace") + b"\n"
+        body = error_body(message)
         headers = [
-            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Type", ERROR_CONTENT_TYPE),
             (b"Content-Length", str(len(body)).encode()),
             (b"Connection", b"close"),
         ]
