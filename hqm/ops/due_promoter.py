@@ -10,12 +10,11 @@ number of proxies and workers may do it at once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
 
+from hqm.ops.periodic import Periodic
 from hqm.ops.trouble import Trouble
 from hqm.queue.base import Queue, QueueError, distinct
 
@@ -35,7 +34,9 @@ class DuePromoter:
     def __init__(self, queues: Iterable[Queue], *, clock: Callable[[], float] = time.time):
         self._queues = distinct(queues)
         self._now = clock
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self.promote, PROMOTE_INTERVAL_S, what="promoting due requests", logger=log
+        )
         self._trouble = Trouble(
             "promotion of due requests", logger=log, effect="they wait for a worker", details=1
         )
@@ -53,22 +54,9 @@ class DuePromoter:
             self._trouble.recovered()
         return moved
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.promote()
-            except Exception:  # a bug: promotion waits for a worker, the proxy goes on
-                log.exception("promoting due requests failed")
-            await asyncio.sleep(PROMOTE_INTERVAL_S)
-
     def start(self) -> DuePromoter:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._periodic.start()
         return self
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.close()

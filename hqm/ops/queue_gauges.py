@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Gauge
 
 from hqm.ops.metrics import QueueMetrics
+from hqm.ops.periodic import Periodic
 from hqm.queue.base import QueueError
 
 if TYPE_CHECKING:  # (redis-py is imported only where Redis is used)
@@ -53,7 +54,9 @@ class QueueGauges:
         self._metrics = metrics
         self._settings = settings
         self._depth = depth
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self.refresh, settings.interval_s, what="queue figures refresh", logger=log
+        )
         self._failing = False
 
     async def refresh(self) -> bool:
@@ -89,23 +92,10 @@ class QueueGauges:
         if self._depth is not None:
             self._depth.labels(q).set(stats.depth)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:  # a bug: the gauges go stale, the process goes on
-                log.exception("queue figures refresh failed")
-            await asyncio.sleep(self._settings.interval_s)
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._periodic.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.close()
         with contextlib.suppress(Exception):
             await self._reader.close()
